@@ -1,0 +1,1 @@
+"""Faces: MTCNN detection, tracking across frames, and landmark alignment."""

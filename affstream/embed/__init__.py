@@ -1,0 +1,1 @@
+"""CLIP backbones (open_clip): loading by spec and embedding face crops."""

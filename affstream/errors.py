@@ -1,0 +1,28 @@
+"""Errors a user can act on.
+
+Every error raised for a user's mistake derives from :class:`AffstreamError`; its
+message is one line that names the input and says what to do. The CLI prints that
+line and exits non-zero; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class AffstreamError(Exception):
+    """Base class: a problem with the user's input, configuration or environment."""
+
+
+class SourceError(AffstreamError):
+    """A video or image source cannot be opened or holds no decodable video."""
+
+
+class WeightsError(AffstreamError):
+    """Model weights are missing, cannot be downloaded, or fail their checksum."""
+
+
+class ConfigError(AffstreamError):
+    """A preset, option or head card is invalid or inconsistent."""
+
+
+class DataError(AffstreamError):
+    """A dataset, annotation file or feature bank is malformed."""

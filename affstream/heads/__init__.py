@@ -1,0 +1,1 @@
+"""Heads turning CLIP features into valence/arousal, expressions and action units."""

@@ -1,0 +1,1 @@
+"""Per-track windows for temporal heads: planning and stitching overlapping windows."""
