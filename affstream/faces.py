@@ -1,0 +1,151 @@
+"""From frames to face features: detect -> track -> align -> embed, in frame order.
+
+This is the part of the pipeline shared by ``annotate`` (which then runs a head),
+``features`` (which stores the features for training) and the live and corpus paths.
+It consumes any iterator of :class:`~affstream.records.Frame` (a file decoder or a
+live source) and yields :class:`FaceChunk` records: a run of consecutive frames with
+their tracked faces and one feature row per face, still on the device.
+
+Batching: frames are detected ``detect.batch_frames`` at a time; the aligned crops of
+several detection batches are pooled until ``embed.batch_size`` faces are waiting, so
+the backbone sees large batches whatever the number of faces per frame. Decoded images
+are dropped as soon as their crops are taken: memory does not grow with video length.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .detect.align import align_faces
+from .detect.track import FaceTracker
+from .profiling import StageTimes
+from .records import Frame, FrameFaces
+
+log = logging.getLogger("affstream")
+
+
+@dataclass(frozen=True, eq=False)
+class FaceChunk:
+    """Consecutive frames, their faces and the faces' features.
+
+    frames:   the frames in decode order, each with its tracked faces (maybe none).
+    features: torch.Tensor (N, D) float32 on the pipeline device, L2-normalised; row i
+              belongs to ``frames[owner[i]]``, faces in the order of ``FrameFaces.faces``.
+    owner:    (N,) int64 index into ``frames``.
+    """
+
+    frames: tuple[FrameFaces, ...]
+    features: torch.Tensor
+    owner: np.ndarray
+
+    def per_frame_features(self) -> list[np.ndarray]:
+        """Host copy split per frame: a list of (n_faces_k, D) float32 arrays."""
+        host = self.features.float().cpu().numpy()
+        counts = [len(f.faces) for f in self.frames]
+        return np.split(host, np.cumsum(counts)[:-1]) if counts else []
+
+
+class _CropPool:
+    """Aligned crops and their frames, waiting for a full backbone batch."""
+
+    def __init__(self) -> None:
+        self.frames: list[FrameFaces] = []
+        self.crops: list[torch.Tensor] = []
+        self.n_faces = 0
+
+    def add(self, frames: list[FrameFaces], crops: torch.Tensor) -> None:
+        self.frames.extend(frames)
+        if crops.shape[0]:
+            self.crops.append(crops)
+        self.n_faces += int(crops.shape[0])
+
+    def take(self) -> tuple[list[FrameFaces], list[torch.Tensor]]:
+        frames, crops = self.frames, self.crops
+        self.frames, self.crops, self.n_faces = [], [], 0
+        return frames, crops
+
+
+def _chunked(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    batch: list[Frame] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class FaceExtractor:
+    """The detect/track/align/embed stages of one pipeline, reusable across videos.
+
+    Holds the loaded models (detector, backbone); each call of :meth:`iter_chunks`
+    starts a fresh tracker, so face ids restart at 0 for every video.
+    """
+
+    def __init__(self, stages, times: StageTimes | None = None) -> None:
+        self.stages = stages
+        self.config = stages.config
+        self.device = stages.device
+        self.times = times or StageTimes(stages.device)
+
+    def iter_chunks(self, frames: Iterable[Frame]) -> Iterator[FaceChunk]:
+        """Yield FaceChunks covering every frame of ``frames`` exactly once, in order."""
+        tracker = FaceTracker(self.config.track)
+        pool = _CropPool()
+        batch_faces = max(1, self.config.embed.batch_size)
+        for batch in _chunked(frames, max(1, self.config.detect.batch_frames)):
+            tracked = self._detect_and_track(batch, tracker)
+            crops = self._align(batch, tracked)
+            pool.add(tracked, crops)
+            if pool.n_faces >= batch_faces:
+                yield self._embed(*pool.take())
+        if pool.frames:
+            yield self._embed(*pool.take())
+
+    def _detect_and_track(self, batch: list[Frame], tracker: FaceTracker) -> list[FrameFaces]:
+        with self.times.time("detect"):
+            detections = self.stages.detector.detect([f.image for f in batch])
+        with self.times.time("track"):
+            return [
+                FrameFaces(f.index, f.time_s, tracker.update(f.index, f.time_s, dets))
+                for f, dets in zip(batch, detections)
+            ]
+
+    def _align(self, batch: list[Frame], tracked: list[FrameFaces]) -> torch.Tensor:
+        backbone = self.stages.backbone
+        size = backbone.image_size
+        slots = [k for k, ff in enumerate(tracked) for _ in ff.faces]
+        if not slots:
+            return torch.empty((0, 3, size, size), device=self.device)
+        with self.times.time("align"):
+            used = sorted(set(slots))
+            remap = {k: i for i, k in enumerate(used)}
+            images = np.stack([batch[k].image for k in used])
+            frames = torch.from_numpy(images).to(self.device, non_blocking=True)
+            frames = frames.permute(0, 3, 1, 2)
+            landmarks = np.stack([face.detection.landmarks for ff in tracked for face in ff.faces])
+            return align_faces(
+                frames,
+                torch.as_tensor([remap[k] for k in slots], device=self.device),
+                torch.from_numpy(landmarks.astype(np.float32)).to(self.device),
+                size=size,
+                mean=backbone.mean,
+                std=backbone.std,
+                face_scale=self.config.align.face_scale,
+            )
+
+    def _embed(self, frames: list[FrameFaces], crops: list[torch.Tensor]) -> FaceChunk:
+        backbone = self.stages.backbone
+        owner = np.asarray([k for k, ff in enumerate(frames) for _ in ff.faces], dtype=np.int64)
+        if crops:
+            with self.times.time("embed"):
+                features = backbone.encode_images(torch.cat(crops))
+        else:
+            features = torch.empty((0, backbone.feature_dim), device=self.device)
+        return FaceChunk(tuple(frames), features, owner)

@@ -1,0 +1,211 @@
+"""From face features to output rows: run the head and emit rows in frame order.
+
+Two schedulers share the row-making code:
+
+* :class:`FramePredictor` for per-frame heads (zero-shot text, MLP): a chunk's rows are
+  ready as soon as its features are.
+* :class:`WindowPredictor` for temporal heads: each track's features go through a
+  :class:`~affstream.temporal.buffer.TrackWindowBuffer`; complete windows from all
+  tracks are batched as ``(B, w, D)`` for the head, and the overlapping outputs are
+  merged by :class:`~affstream.temporal.buffer.WindowStitcher` (rule documented in
+  :mod:`affstream.temporal.windows`). A frame's rows are emitted once every face in
+  it has its stitched output, so memory stays bounded by about one window per track.
+
+Both yield exactly one :class:`FrameAnnotation` per face per frame, and one row with
+``face_id == -1`` for a frame without faces.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .faces import FaceChunk
+from .heads.base import AffectHead, HeadOutputs, to_prediction
+from .profiling import StageTimes
+from .records import FrameAnnotation, FrameFaces, Prediction, TrackedFace
+
+WINDOW_BATCH = 32  # windows per head call for temporal heads
+
+_TASK_WIDTH = {"va": 2, "expr": 8, "au": 12}
+_TASK_ORDER = ("va", "expr", "au")
+
+
+def empty_row(frame: FrameFaces) -> FrameAnnotation:
+    """The row written for a frame in which no face was found."""
+    return FrameAnnotation(frame=frame.index, time_s=frame.time_s, face_id=-1, confidence=0.0, success=False)
+
+
+def face_row(frame: FrameFaces, face: TrackedFace, pred: Prediction, i: int, thresholds: np.ndarray) -> FrameAnnotation:
+    """The row for face ``face`` of ``frame`` from row ``i`` of ``pred``."""
+    expr = pred.expr_probs[i] if pred.expr_probs is not None else None
+    au = pred.au_probs[i] if pred.au_probs is not None else None
+    return FrameAnnotation(
+        frame=frame.index,
+        time_s=frame.time_s,
+        face_id=face.track_id,
+        confidence=float(face.detection.score),
+        success=True,
+        box_xyxy=face.detection.box_xyxy,
+        valence=None if pred.valence is None else float(pred.valence[i]),
+        arousal=None if pred.arousal is None else float(pred.arousal[i]),
+        expression=None if expr is None else int(np.argmax(expr)),
+        expr_probs=expr,
+        au_probs=au,
+        au_present=None if au is None else au >= thresholds,
+    )
+
+
+def pack_outputs(outputs: HeadOutputs, tasks: tuple[str, ...]) -> torch.Tensor:
+    """Concatenate raw scores (..., C) in the order va, expr, au (present tasks only)."""
+    parts = {"va": outputs.va, "expr": outputs.expr_logits, "au": outputs.au_logits}
+    return torch.cat([parts[t].float() for t in _TASK_ORDER if t in tasks], dim=-1)
+
+
+def unpack_scores(scores: np.ndarray, tasks: tuple[str, ...]) -> Prediction:
+    """Inverse of :func:`pack_outputs` on the host, as probabilities: (N, C) -> Prediction."""
+    out: dict[str, np.ndarray] = {}
+    col = 0
+    for task in _TASK_ORDER:
+        if task not in tasks:
+            continue
+        out[task] = scores[:, col : col + _TASK_WIDTH[task]]
+        col += _TASK_WIDTH[task]
+    expr = au = va = None
+    if "expr" in out:
+        z = out["expr"] - out["expr"].max(axis=1, keepdims=True)
+        e = np.exp(z)
+        expr = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    if "au" in out:
+        au = (1.0 / (1.0 + np.exp(-out["au"]))).astype(np.float32)
+    if "va" in out:
+        va = np.clip(out["va"], -1.0, 1.0).astype(np.float32)
+    return Prediction(
+        valence=None if va is None else va[:, 0].copy(),
+        arousal=None if va is None else va[:, 1].copy(),
+        expr_probs=expr,
+        au_probs=au,
+    )
+
+
+class FramePredictor:
+    """Per-frame head scheduler."""
+
+    def __init__(self, head: AffectHead, times: StageTimes) -> None:
+        self.head = head
+        self.times = times
+        self.thresholds = np.asarray(head.card.au_thresholds, dtype=np.float32)
+
+    def feed(self, chunk: FaceChunk) -> Iterator[FrameAnnotation]:
+        pred = Prediction()
+        if len(chunk.owner):
+            with self.times.time("head"), torch.inference_mode():
+                pred = to_prediction(self.head(chunk.features.float()))
+        i = 0
+        for frame in chunk.frames:
+            if not frame.faces:
+                yield empty_row(frame)
+            for face in frame.faces:
+                yield face_row(frame, face, pred, i, self.thresholds)
+                i += 1
+
+    def close(self) -> Iterator[FrameAnnotation]:
+        return iter(())
+
+
+class WindowPredictor:
+    """Temporal (windowed) head scheduler; see the module docstring."""
+
+    def __init__(self, head: AffectHead, times: StageTimes, max_missed_frames: int) -> None:
+        from .temporal.buffer import TrackWindowBuffer, WindowStitcher
+
+        card = head.card
+        self.head = head
+        self.times = times
+        self.tasks = tuple(card.tasks)
+        self.length = int(card.window_length)
+        self.thresholds = np.asarray(card.au_thresholds, dtype=np.float32)
+        self.buffer = TrackWindowBuffer(card.window_length, card.window_stride)
+        self.stitcher = WindowStitcher(card.window_length, card.window_stride)
+        self.max_missed = max_missed_frames
+        self.last_seen: dict[int, int] = {}
+        self.pending: deque[FrameFaces] = deque()
+        self.scores: dict[tuple[int, int], np.ndarray] = {}
+        self.device = next(iter(head.parameters()), torch.empty(0)).device
+
+    def feed(self, chunk: FaceChunk) -> Iterator[FrameAnnotation]:
+        host = chunk.features.float().cpu().numpy()
+        ready = []
+        i = 0
+        for frame in chunk.frames:
+            for face in frame.faces:
+                ready += self.buffer.push(face.track_id, frame.index, host[i])
+                self.last_seen[face.track_id] = frame.index
+                i += 1
+        self.pending.extend(chunk.frames)
+        self._stitch(ready)
+        if chunk.frames:
+            self._retire_lost(chunk.frames[-1].index)
+        yield from self._emit_ready()
+
+    def close(self) -> Iterator[FrameAnnotation]:
+        self._stitch(self.buffer.finish_all())
+        self._store(self.stitcher.finish_all())
+        self.last_seen.clear()
+        yield from self._emit_ready()
+        if self.pending:  # every face must have been stitched by now
+            raise RuntimeError(f"{len(self.pending)} frame(s) left without temporal output")
+
+    def _retire_lost(self, current: int) -> None:
+        lost = [t for t, last in self.last_seen.items() if current - last > self.max_missed]
+        for track_id in lost:
+            self._stitch(self.buffer.finish(track_id))
+            self._store(self.stitcher.finish(track_id))
+            del self.last_seen[track_id]
+
+    def _stitch(self, windows: list) -> None:
+        for start in range(0, len(windows), WINDOW_BATCH):
+            batch = windows[start : start + WINDOW_BATCH]
+            scores = self._run_head(batch)
+            for window, window_scores in zip(batch, scores):
+                self._store(self.stitcher.add(window, window_scores[: len(window.frame_index)]))
+
+    def _run_head(self, windows: list) -> np.ndarray:
+        dim = windows[0].features.shape[1]
+        feats = np.zeros((len(windows), self.length, dim), dtype=np.float32)
+        mask = np.zeros((len(windows), self.length), dtype=bool)
+        for b, window in enumerate(windows):
+            n = len(window.frame_index)
+            feats[b, :n] = window.features
+            mask[b, :n] = True
+        with self.times.time("head"), torch.inference_mode():
+            out = self.head(torch.from_numpy(feats).to(self.device), torch.from_numpy(mask).to(self.device))
+            return pack_outputs(out, self.tasks).cpu().numpy()
+
+    def _store(self, finals: list) -> None:
+        for track_id, frame_index, scores in finals:
+            self.scores[(int(frame_index), int(track_id))] = scores
+
+    def _emit_ready(self) -> Iterator[FrameAnnotation]:
+        while self.pending:
+            frame = self.pending[0]
+            keys = [(frame.index, face.track_id) for face in frame.faces]
+            if any(k not in self.scores for k in keys):
+                return
+            self.pending.popleft()
+            if not frame.faces:
+                yield empty_row(frame)
+                continue
+            pred = unpack_scores(np.stack([self.scores.pop(k) for k in keys]), self.tasks)
+            for i, face in enumerate(frame.faces):
+                yield face_row(frame, face, pred, i, self.thresholds)
+
+
+def make_predictor(head: AffectHead, times: StageTimes, max_missed_frames: int):
+    """The scheduler matching the head's card (windowed or per-frame)."""
+    if head.card.windowed:
+        return WindowPredictor(head, times, max_missed_frames)
+    return FramePredictor(head, times)
