@@ -1,0 +1,67 @@
+"""The per-video JSON report, written atomically.
+
+The pipeline assembles the content (source metadata, configuration, backbone and head
+identity, counts, timings, the ``meaningful`` flag); this module only turns it into
+strict JSON: numpy scalars and arrays become plain numbers and lists, tuples become
+lists, paths become strings, dataclasses become objects, and NaN / infinity become
+``null`` (JSON has no such numbers). Keys keep their insertion order; indent 2; UTF-8;
+one trailing newline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path, PurePath
+from typing import Any, Mapping
+
+import numpy as np
+
+from .atomic import atomic_write_text
+
+
+def to_jsonable(value: Any, where: str = "report") -> Any:
+    """A copy of ``value`` made only of dict, list, str, int, float (finite), bool and None.
+
+    ``where`` names the position for the error message. Raises TypeError for a value
+    with no JSON form (a pipeline bug).
+    """
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.generic):
+        return to_jsonable(value.item(), where)
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist(), where)
+    if isinstance(value, PurePath):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value), where)
+    if isinstance(value, Mapping):
+        return {_key(k, where): to_jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"{where}: {type(value).__name__} has no JSON form")
+
+
+def _key(key: Any, where: str) -> str:
+    if isinstance(key, np.generic):
+        key = key.item()
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (bool, int, float)) or key is None:
+        return json.dumps(key)
+    raise TypeError(f"{where}: dictionary key {key!r} is not a string or number")
+
+
+def dumps_report(report: Mapping[str, Any]) -> str:
+    """The report as strict JSON text (indent 2, insertion order, trailing newline)."""
+    clean = to_jsonable(report)
+    return json.dumps(clean, indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_report(path: str | Path, report: Mapping[str, Any]) -> None:
+    """Write ``report`` to ``path`` as JSON, atomically (temporary file + fsync + rename)."""
+    atomic_write_text(path, dumps_report(report))
