@@ -1,1 +1,8 @@
 """Sources and decoding: files (and later live streams) to upright RGB frames with PTS times."""
+
+from __future__ import annotations
+
+from .decode import iter_frames, probe
+from .prefetch import prefetch
+
+__all__ = ["iter_frames", "prefetch", "probe"]
