@@ -1,0 +1,350 @@
+"""The feature bank: CLIP features of an Aff-Wild2-format dataset, stored once, read
+with memory mapping while heads are trained.
+
+Format (version 1)::
+
+    FEATURES/index.json
+    FEATURES/people/NAME.npy           (n_frames, D) float16|float32 features
+    FEATURES/people/NAME.present.npy   (n_frames,) bool
+    FEATURES/people/NAME.labels.npz    expr / au / va arrays (absent task = absent key)
+
+``index.json``::
+
+    {"format": "affstream-feature-bank", "version": 1,
+     "backbone": "ViT-L-14:openai",       # spec of the CLIP image encoder
+     "backbone_sha256": "..." | null,     # checksum of its weights (null: unknown/random)
+     "feature_dim": 768, "dtype": "float16", "source": "crops" | "videos",
+     "people": {NAME: {"video": ..., "split": "Train_Set" | "Validation_Set",
+                       "n_frames": N, "n_missing": M, "file": "people/NAME.npy"}}}
+
+Row ``k - 1`` of a person's features is frame ``k`` (1-based), the same row as line
+``k + 1`` of its annotation files. Frames without a face crop keep their row: the row
+is all zeros and ``present`` is False there, so labels are never shifted. Features are
+L2-normalised CLIP image embeddings (as stored; float16 costs < 1e-3 per value).
+The labels use the encodings of :mod:`affstream.train.affwild` (expr -1, au -1, va NaN
+for unannotated frames).
+
+Writing is resumable: each person's files are written under temporary names and
+renamed, then ``index.json`` is replaced atomically. A person is in the bank only once
+the index lists it, so an interrupted run redoes at most the person it was writing.
+One writer at a time per bank.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from .affwild import SPLITS, PersonLabels, unannotated
+
+log = logging.getLogger("affstream")
+
+BANK_FORMAT = "affstream-feature-bank"
+BANK_VERSION = 1
+INDEX_NAME = "index.json"
+PEOPLE_DIR = "people"
+DTYPES = ("float16", "float32")
+SOURCES = ("crops", "videos")
+TMP_MARK = ".tmp-"
+_LABEL_TASKS = ("expr", "au", "va")
+_ENTRY_KEYS = ("video", "split", "n_frames", "n_missing", "file")
+
+
+def person_files(name: str) -> tuple[str, str, str]:
+    """Relative paths of one person's features, present flags and labels."""
+    return (f"{PEOPLE_DIR}/{name}.npy", f"{PEOPLE_DIR}/{name}.present.npy",
+            f"{PEOPLE_DIR}/{name}.labels.npz")
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or "\\" in name or name.startswith(".") or TMP_MARK in name:
+        raise DataError(f"person name '{name}' cannot be stored in a feature bank; rename its annotation files")
+
+
+# --------------------------------------------------------------------------- index
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    index_path = path / INDEX_NAME
+    if not index_path.is_file():
+        raise DataError(f"{path}: not a feature bank ({INDEX_NAME} missing); build one with 'affstream features'")
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{index_path}: unreadable feature bank index ({exc}); rebuild the bank") from None
+    _validate_index(index_path, index)
+    return index
+
+
+def _validate_index(index_path: Path, index: Any) -> None:
+    def bad(problem: str) -> DataError:
+        return DataError(f"{index_path}: {problem}; rebuild the bank with 'affstream features'")
+
+    if not isinstance(index, dict) or index.get("format") != BANK_FORMAT:
+        raise bad(f"not an {BANK_FORMAT} index")
+    if index.get("version") != BANK_VERSION:
+        raise bad(f"bank version {index.get('version')!r} is not supported (expected {BANK_VERSION})")
+    if not isinstance(index.get("backbone"), str) or not index["backbone"]:
+        raise bad("'backbone' missing")
+    if not isinstance(index.get("feature_dim"), int) or index["feature_dim"] <= 0:
+        raise bad("'feature_dim' missing or not a positive integer")
+    if index.get("dtype") not in DTYPES:
+        raise bad(f"'dtype' must be one of {', '.join(DTYPES)}")
+    if index.get("source") not in SOURCES:
+        raise bad(f"'source' must be one of {', '.join(SOURCES)}")
+    people = index.get("people")
+    if not isinstance(people, dict):
+        raise bad("'people' missing")
+    for name, entry in people.items():
+        if not isinstance(entry, dict) or any(k not in entry for k in _ENTRY_KEYS):
+            raise bad(f"entry of '{name}' lacks one of {', '.join(_ENTRY_KEYS)}")
+
+
+def _write_atomic(target: Path, write) -> None:
+    """Call ``write(file_object)`` on a temporary sibling, then rename onto ``target``."""
+    tmp = target.with_name(f"{target.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_index(path: Path, index: dict[str, Any]) -> None:
+    data = json.dumps(index, indent=1, sort_keys=True).encode("utf-8")
+    _write_atomic(path / INDEX_NAME, lambda f: f.write(data))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class FeatureBank:
+    """A feature bank opened for reading (see the module docstring for the format).
+
+    Attributes: path, backbone (spec string), backbone_sha256 (str or None),
+    feature_dim (D), dtype ("float16"/"float32"), source ("crops"/"videos"),
+    people (name -> index entry dict).
+    """
+
+    def __init__(self, path: Path, index: dict[str, Any]):
+        self.path = path
+        self.backbone: str = index["backbone"]
+        self.backbone_sha256: str | None = index.get("backbone_sha256")
+        self.feature_dim: int = index["feature_dim"]
+        self.dtype: str = index["dtype"]
+        self.source: str = index["source"]
+        self.people: dict[str, dict[str, Any]] = dict(sorted(index["people"].items()))
+        self._features: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, path: str | Path) -> FeatureBank:
+        """Open the bank at ``path``. Raises DataError if the index is missing or
+        malformed or a listed person's files are missing."""
+        path = Path(path)
+        index = _read_index(path)
+        for name in index["people"]:
+            for rel in person_files(name):
+                if not (path / rel).is_file():
+                    raise DataError(
+                        f"{path / rel}: file of '{name}' missing from the feature bank; "
+                        "re-run 'affstream features' on the same output to rebuild it"
+                    )
+        return cls(path, index)
+
+    def __len__(self) -> int:
+        return len(self.people)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.people
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        try:
+            return self.people[name]
+        except KeyError:
+            raise DataError(f"{self.path}: no person '{name}' in the feature bank") from None
+
+    def features(self, name: str) -> np.ndarray:
+        """(n_frames, D) float16/float32 features of ``name``, memory-mapped read-only.
+
+        Row k-1 = frame k; rows where :meth:`present` is False are zeros. The map is
+        opened once per person and reused by later calls.
+        """
+        if name in self._features:
+            return self._features[name]
+        entry = self._entry(name)
+        file = self.path / entry["file"]
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{file}: unreadable feature file ({exc}); rebuild '{name}'") from None
+        if array.shape != (entry["n_frames"], self.feature_dim) or array.dtype != np.dtype(self.dtype):
+            raise DataError(
+                f"{file}: shape {array.shape} {array.dtype} does not match the index "
+                f"({entry['n_frames']}, {self.feature_dim}) {self.dtype}; rebuild '{name}'"
+            )
+        self._features[name] = array
+        return array
+
+    def present(self, name: str) -> np.ndarray:
+        """(n_frames,) bool: True where the frame has a face crop and features."""
+        entry = self._entry(name)
+        file = self.path / person_files(name)[1]
+        try:
+            array = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{file}: unreadable present flags ({exc}); rebuild '{name}'") from None
+        if array.shape != (entry["n_frames"],) or array.dtype != np.bool_:
+            raise DataError(f"{file}: present flags do not match the index; rebuild '{name}'")
+        return array
+
+    def labels(self, name: str) -> PersonLabels:
+        """The labels stored with ``name`` (absent tasks are None)."""
+        entry = self._entry(name)
+        file = self.path / person_files(name)[2]
+        try:
+            with np.load(file, allow_pickle=False) as npz:
+                arrays = {t: (npz[t] if t in npz.files else None) for t in _LABEL_TASKS}
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"{file}: unreadable labels ({exc}); rebuild '{name}'") from None
+        for task, values in arrays.items():
+            if values is not None and len(values) != entry["n_frames"]:
+                raise DataError(f"{file}: {task} labels have {len(values)} rows, index says "
+                                f"{entry['n_frames']}; rebuild '{name}'")
+        return PersonLabels(name=name, video=entry["video"], split=entry["split"],
+                            n_frames=entry["n_frames"], **arrays)
+
+    def split(self, split_name: str) -> list[str]:
+        """Sorted names of the people in ``split_name`` (e.g. "Train_Set")."""
+        return [name for name, entry in self.people.items() if entry["split"] == split_name]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class BankWriter:
+    """Creates a feature bank or adds people to an existing one (resumable).
+
+    backbone: spec string of the encoder; backbone_sha256: checksum of its weights or
+    None; feature_dim: D; dtype: "float16" (default, half the disk) or "float32";
+    source: "crops" or "videos". Opening an existing bank whose backbone, checksum,
+    feature_dim, dtype or source differs raises DataError.
+    """
+
+    def __init__(self, path: str | Path, *, backbone: str, backbone_sha256: str | None,
+                 feature_dim: int, dtype: str = "float16", source: str):
+        if dtype not in DTYPES:
+            raise DataError(f"feature bank dtype '{dtype}' is not supported (use {' or '.join(DTYPES)})")
+        if source not in SOURCES:
+            raise DataError(f"feature source '{source}' is not supported (use {' or '.join(SOURCES)})")
+        self.path = Path(path)
+        wanted = {"format": BANK_FORMAT, "version": BANK_VERSION, "backbone": str(backbone),
+                  "backbone_sha256": backbone_sha256, "feature_dim": int(feature_dim),
+                  "dtype": dtype, "source": source}
+        if (self.path / INDEX_NAME).exists():
+            self._index = _read_index(self.path)
+            self._check_compatible(wanted)
+        else:
+            if self.path.exists() and not self.path.is_dir():
+                raise DataError(f"{self.path}: exists and is not a folder; choose another output")
+            self._index = {**wanted, "people": {}}
+            (self.path / PEOPLE_DIR).mkdir(parents=True, exist_ok=True)
+            _write_index(self.path, self._index)
+        (self.path / PEOPLE_DIR).mkdir(parents=True, exist_ok=True)
+        self._remove_leftovers()
+
+    @property
+    def feature_dim(self) -> int:
+        return self._index["feature_dim"]
+
+    def _check_compatible(self, wanted: dict[str, Any]) -> None:
+        have = self._index
+        if have["backbone"] != wanted["backbone"]:
+            raise DataError(
+                f"{self.path}: bank was built with backbone '{have['backbone']}', not "
+                f"'{wanted['backbone']}'; use the same --backbone or a new output folder"
+            )
+        for key in ("backbone_sha256", "feature_dim", "dtype", "source"):
+            if have.get(key) != wanted[key]:
+                raise DataError(
+                    f"{self.path}: bank has {key} {have.get(key)!r}, this run {wanted[key]!r}; "
+                    "use the same settings or a new output folder"
+                )
+
+    def _remove_leftovers(self) -> None:
+        """Delete temporary files of an interrupted run (that person will be redone)."""
+        for tmp in (self.path / PEOPLE_DIR).glob(f"*{TMP_MARK}*"):
+            log.info("removing %s left by an interrupted run", tmp)
+            tmp.unlink(missing_ok=True)
+
+    def has(self, name: str) -> bool:
+        """True if ``name`` is complete in the bank (listed in the index, files present)."""
+        if name not in self._index["people"]:
+            return False
+        return all((self.path / rel).is_file() for rel in person_files(name))
+
+    def add(self, labels: PersonLabels, features: np.ndarray, present: np.ndarray) -> None:
+        """Store one person: features (n_frames, D) float, present (n_frames,) bool.
+
+        Rows where ``present`` is False are stored as zeros whatever their values.
+        Replaces the person if already stored. Raises DataError if shapes disagree
+        with ``labels.n_frames`` / the bank's feature_dim, or features are not finite.
+        """
+        name = labels.name
+        _check_name(name)
+        n, dim = labels.n_frames, self.feature_dim
+        features = np.asarray(features)
+        present = np.asarray(present)
+        if features.shape != (n, dim):
+            raise DataError(f"features of '{name}' have shape {features.shape}, expected ({n}, {dim})")
+        if present.shape != (n,):
+            raise DataError(f"present flags of '{name}' have shape {present.shape}, expected ({n},)")
+        stored = np.zeros((n, dim), dtype=self._index["dtype"])
+        stored[present.astype(bool)] = features[present.astype(bool)]
+        if not np.isfinite(stored).all():
+            raise DataError(f"features of '{name}' contain NaN or infinity; check the backbone")
+        label_arrays = self._label_arrays(labels)
+
+        feat_rel, present_rel, labels_rel = person_files(name)
+        _write_atomic(self.path / feat_rel, lambda f: np.save(f, stored, allow_pickle=False))
+        _write_atomic(self.path / present_rel,
+                      lambda f: np.save(f, present.astype(np.bool_), allow_pickle=False))
+        _write_atomic(self.path / labels_rel, lambda f: np.savez(f, **label_arrays))
+
+        self._index["people"][name] = {
+            "video": labels.video, "split": labels.split, "n_frames": int(n),
+            "n_missing": int(n - int(present.astype(bool).sum())), "file": feat_rel,
+        }
+        self._index["people"] = dict(sorted(self._index["people"].items()))
+        _write_index(self.path, self._index)
+
+    @staticmethod
+    def _label_arrays(labels: PersonLabels) -> dict[str, np.ndarray]:
+        arrays = {}
+        for task in _LABEL_TASKS:
+            values = getattr(labels, task)
+            if values is None:
+                continue
+            reference = unannotated(task, labels.n_frames)
+            values = np.asarray(values)
+            if values.shape != reference.shape:
+                raise DataError(f"{task} labels of '{labels.name}' have shape {values.shape}, "
+                                f"expected {reference.shape}")
+            arrays[task] = values.astype(reference.dtype)
+        return arrays
+
+    def split_counts(self) -> dict[str, int]:
+        """People stored per split (for summaries)."""
+        counts = {s: 0 for s in SPLITS}
+        for entry in self._index["people"].values():
+            counts[entry["split"]] = counts.get(entry["split"], 0) + 1
+        return counts

@@ -1,0 +1,266 @@
+"""Building a feature bank from an Aff-Wild2-format root, from crops and from videos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from affstream.errors import ConfigError, DataError
+from affstream.records import Detection, FrameFaces, TrackedFace
+from affstream.train.affwild import scan_affwild
+from affstream.train.bank import BankWriter, FeatureBank
+from affstream.train.features import PersonPicker, build_feature_bank, find_crop_dir
+from synth_affwild import make_affwild_root, read_manifest
+
+TINY = "affstream-tiny:random"
+FRAMES = 24
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return make_affwild_root(tmp_path_factory.mktemp("features") / "root", n_people=4, frames=FRAMES)
+
+
+@pytest.fixture(scope="module")
+def built(pristine, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bank") / "FEATURES"
+    calls = []
+    summary = build_feature_bank(pristine, out, backbone=TINY, device="cpu", batch_size=16,
+                                 progress=lambda *args: calls.append(args))
+    return out, summary, calls
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from affstream.embed.backbone import load_backbone
+
+    return load_backbone(TINY, "cpu", batch_size=16, precision="fp32")
+
+
+def _direct_features(backbone, folder, frames):
+    """Reference embedding of crops, preprocessed here independently of the library."""
+    import torch
+    from PIL import Image
+
+    size = backbone.image_size
+    images = [np.asarray(Image.open(folder / f"{k:05d}.jpg").convert("RGB")
+                         .resize((size, size), Image.Resampling.BICUBIC)) for k in frames]
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(backbone.mean).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return backbone.encode_images(((batch - mean) / std).to(backbone.device)).float().cpu().numpy()
+
+
+def test_crops_give_one_row_per_annotated_frame(built, pristine):
+    out, summary, calls = built
+    manifest = read_manifest(pristine)
+    assert summary == {"people": 4, "done": 4, "skipped": 0, "failed": {},
+                       "frames": 4 * FRAMES, "missing": 12}
+    assert [c[0] for c in calls] == sorted(manifest) and [c[1:] for c in calls][-1] == (4, 4)
+    bank = FeatureBank.open(out)
+    assert bank.backbone == TINY and bank.source == "crops" and bank.dtype == "float16"
+    for name, entry in manifest.items():
+        present = bank.present(name)
+        assert bank.features(name).shape == (FRAMES, bank.feature_dim)
+        np.testing.assert_array_equal(np.flatnonzero(~present) + 1, entry["deleted"])
+        assert bank.people[name]["n_missing"] == len(entry["deleted"])
+        labels = bank.labels(name)
+        assert labels.split == entry["split"] and labels.video == entry["video"]
+        np.testing.assert_array_equal(labels.expr, entry["labels"]["expr"])
+        np.testing.assert_array_equal(labels.au, entry["labels"]["au"])
+
+
+def test_rows_are_the_embeddings_of_their_own_frames(built, pristine, tiny):
+    out, _, _ = built
+    bank = FeatureBank.open(out)
+    for name in ("vid02", "vid03_left"):
+        present = bank.present(name)
+        frames = np.flatnonzero(present) + 1
+        expected = _direct_features(tiny, pristine / "cropped_aligned" / name, frames)
+        stored = np.asarray(bank.features(name), dtype=np.float32)[present]
+        np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1, atol=2e-3)
+        np.testing.assert_allclose(stored, expected, atol=1e-3)  # float16 storage
+        # each row is closest to its own frame's embedding: a shift by one would show
+        distances = np.linalg.norm(stored[:, None] - expected[None], axis=2)
+        np.testing.assert_array_equal(distances.argmin(axis=1), np.arange(len(frames)))
+        assert np.all(np.abs(bank.features(name)[~present]) == 0)
+
+
+def test_second_build_skips_and_interrupted_person_is_redone(built, pristine, tmp_path):
+    out = tmp_path / "FEATURES"
+    shutil.copytree(built[0], out)
+    summary = build_feature_bank(pristine, out, backbone=TINY, device="cpu")
+    assert (summary["done"], summary["skipped"], summary["frames"]) == (0, 4, 0)
+    # simulate a run killed while writing vid02: temp file present, index entry absent
+    index = json.loads((out / "index.json").read_text())
+    del index["people"]["vid02"]
+    (out / "index.json").write_text(json.dumps(index))
+    (out / "people" / "vid02.npy").rename(out / "people" / "vid02.npy.tmp-999")
+    summary = build_feature_bank(pristine, out, backbone=TINY, device="cpu")
+    assert (summary["done"], summary["skipped"], summary["frames"]) == (1, 3, FRAMES)
+    assert not list((out / "people").glob("*.tmp-*"))
+    bank = FeatureBank.open(out)
+    np.testing.assert_array_equal(bank.features("vid02"), FeatureBank.open(built[0]).features("vid02"))
+
+
+def test_bank_of_another_backbone_is_refused(pristine, tmp_path):
+    BankWriter(tmp_path, backbone="ViT-B-32:openai", backbone_sha256=None, feature_dim=64, source="crops")
+    with pytest.raises(DataError, match="'ViT-B-32:openai', not 'affstream-tiny:random'"):
+        build_feature_bank(pristine, tmp_path, backbone=TINY, device="cpu")
+
+
+def test_missing_crop_folder_fails_that_person_only(pristine, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(pristine, root)
+    shutil.rmtree(root / "cropped_aligned" / "vid01")
+    summary = build_feature_bank(root, tmp_path / "out", backbone=TINY, device="cpu",
+                                 tasks=("expr",), splits=("Train_Set",))
+    assert summary["people"] == 3 and summary["done"] == 2
+    assert list(summary["failed"]) == ["vid01"] and "no crop folder 'vid01'" in summary["failed"]["vid01"]
+    assert FeatureBank.open(tmp_path / "out").labels("vid03_left").va is None
+
+
+def test_unreadable_crop_is_a_missing_frame(pristine, tmp_path, caplog):
+    root = tmp_path / "root"
+    shutil.copytree(pristine, root)
+    deleted = read_manifest(root)["vid02"]["deleted"]
+    broken = next(k for k in range(1, FRAMES + 1) if k not in deleted)
+    (root / "cropped_aligned" / "vid02" / f"{broken:05d}.jpg").write_bytes(b"not a jpeg")
+    (root / "cropped_aligned" / "vid02" / "notes.txt").write_text("ignored")
+    with caplog.at_level("WARNING", logger="affstream"):
+        summary = build_feature_bank(root, tmp_path / "out", backbone=TINY, device="cpu",
+                                     splits=("Validation_Set",), batch_size=5)
+    assert summary["done"] == 1 and summary["missing"] == len(deleted) + 1
+    missing = np.flatnonzero(~FeatureBank.open(tmp_path / "out").present("vid02")) + 1
+    assert list(missing) == sorted(deleted + [broken])
+    assert any("unreadable crop" in r.getMessage() for r in caplog.records)
+
+
+def test_crop_folder_falls_back_to_the_video_name(pristine, tmp_path):
+    people = scan_affwild(pristine)
+    root = tmp_path
+    (root / "cropped_aligned" / "vid03").mkdir(parents=True)
+    assert find_crop_dir(root, people["vid03_left"]) == root / "cropped_aligned" / "vid03"
+    (root / "cropped_aligned" / "vid03_left").mkdir()
+    assert find_crop_dir(root, people["vid03_left"]) == root / "cropped_aligned" / "vid03_left"
+    assert find_crop_dir(root, people["vid01"]) is None
+
+
+def test_bad_options(pristine, tmp_path):
+    with pytest.raises(ConfigError, match="unknown feature source 'frames'"):
+        build_feature_bank(pristine, tmp_path, source="frames")
+    with pytest.raises(DataError, match="no annotation folders"):
+        build_feature_bank(tmp_path, tmp_path / "out", backbone=TINY)
+
+
+# --------------------------------------------------------------------------- videos source
+
+
+def _face(frame, x_centre, half, track):
+    box = np.array([x_centre - half, 50 - half, x_centre + half, 50 + half], dtype=np.float32)
+    det = Detection(box_xyxy=box, score=0.99, landmarks=np.zeros((5, 2), np.float32))
+    return TrackedFace(frame_index=frame, time_s=frame / 25, track_id=track, detection=det)
+
+
+def _scene(video, k):
+    """(x_centre, half size) of each face the fake pipeline 'detects' in frame k."""
+    if video == "vid01":
+        return [] if k == 5 else [(50, 10), (300, 40)]
+    if k <= 6:
+        return [(500, 30), (100, 30)]
+    if k <= 9:
+        return [(470, 30)]
+    if k <= 11:
+        return []
+    if k <= 14:
+        return [(130, 30)]
+    return [(300, 20), (520, 30), (90, 25)]
+
+
+def make_fake_face_features(seen, n_frames):
+    """Each face's 'feature' encodes (frame, x centre) so the test can see who was picked."""
+
+    def fake(video_path, *, pipeline, backbone, device):
+        video = video_path.stem
+        seen.append((video_path.name, pipeline, backbone.feature_dim, device))
+        for k in range(1, n_frames.get(video, FRAMES) + 1):
+            faces = tuple(_face(k, x, h, t) for t, (x, h) in enumerate(_scene(video, k)))
+            feats = np.zeros((len(faces), backbone.feature_dim), dtype=np.float32)
+            for i, (x, _) in enumerate(_scene(video, k)):
+                feats[i, :2] = (k, x)
+            yield FrameFaces(index=k, time_s=k / 25, faces=faces), feats
+
+    return fake
+
+
+def test_videos_source_picks_the_annotated_person(pristine, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(pristine, root)
+    (root / "videos").mkdir()
+    for video in ("vid01", "vid02", "vid03"):
+        (root / "videos" / f"{video}.mp4").write_bytes(b"")  # never opened by the fake
+    seen = []
+    summary = build_feature_bank(root, tmp_path / "out", backbone=TINY, device="cpu", source="videos",
+                                 pipeline="smoke", face_features_fn=make_fake_face_features(seen, {"vid02": FRAMES - 10}))
+    assert sorted(seen) == [(f"{v}.mp4", "smoke", 64, "cpu") for v in ("vid01", "vid02", "vid03")]
+    assert summary["done"] == 3 and list(summary["failed"]) == ["vid02"]
+    message = summary["failed"]["vid02"]
+    assert f"{FRAMES} annotated frames" in message and f"decodes to {FRAMES - 10} frames" in message
+
+    bank = FeatureBank.open(tmp_path / "out")
+    assert bank.source == "videos" and "vid02" not in bank
+    frames = np.arange(1, FRAMES + 1)
+
+    def picked(name):
+        feats = np.asarray(bank.features(name), dtype=np.float32)
+        present = bank.present(name)
+        np.testing.assert_array_equal(feats[present, 0], frames[present])  # never shifted
+        return np.where(present, feats[:, 1], -1)
+
+    single = picked("vid01")
+    assert single[4] == -1 and set(np.delete(single, 4)) == {300}  # largest face
+    left, right = picked("vid03_left"), picked("vid03_right")
+    np.testing.assert_array_equal(left[:6], 100)  # frames 1-6: two faces, list order reversed
+    np.testing.assert_array_equal(right[:6], 500)
+    np.testing.assert_array_equal(left[6:11], -1)  # 7-9: one face, nearest to right; 10-11: none
+    np.testing.assert_array_equal(right[6:9], 470)
+    np.testing.assert_array_equal(right[9:14], -1)  # 12-14: one face, nearest to left
+    np.testing.assert_array_equal(left[11:14], 130)
+    np.testing.assert_array_equal(left[14:], 90)  # 15-: three faces, extremes win
+    np.testing.assert_array_equal(right[14:], 520)
+
+
+def test_videos_source_reports_a_missing_video(pristine, tmp_path):
+    summary = build_feature_bank(pristine, tmp_path / "out", backbone=TINY, device="cpu", source="videos",
+                                 tasks=("va",), face_features_fn=make_fake_face_features([], {}))
+    assert summary["done"] == 0 and set(summary["failed"]) == {"vid01", "vid02", "vid03_left", "vid03_right"}
+    assert "no video file for 'vid03'" in summary["failed"]["vid03_left"]
+
+
+def test_person_picker_rules():
+    picker = PersonPicker(["left", "right"])
+    one = (np.array([[200.0, 50.0]]), np.array([100.0]))
+    assert picker.pick(*one) == {"left": None, "right": None}  # no history: ambiguous
+    assert picker.pick(np.array([[400.0, 0], [100.0, 0]]), np.array([1.0, 1.0])) == {"left": 1, "right": 0}
+    assert picker.pick(np.array([[350.0, 0]]), np.array([1.0])) == {"left": None, "right": 0}
+    assert picker.pick(np.zeros((0, 2)), np.zeros(0)) == {"left": None, "right": None}
+    only_right = PersonPicker(["right"])
+    only_right.pick(np.array([[10.0, 0], [90.0, 0]]), np.ones(2))
+    assert only_right.pick(np.array([[20.0, 0]]), np.ones(1)) == {"right": None}
+    assert PersonPicker([None]).pick(np.zeros((3, 2)), np.array([4.0, 9.0, 1.0])) == {None: 1}
+
+
+def test_synthetic_videos_decode_to_the_annotated_length(tmp_path):
+    import av
+
+    root = make_affwild_root(tmp_path / "root", n_people=3, frames=12, with_crops=False, with_videos=True)
+    assert sorted(p.name for p in (root / "videos").iterdir()) == ["vid01.mp4", "vid02.mp4"]
+    for video, width in (("vid01", 320), ("vid02", 640)):
+        with av.open(str(root / "videos" / f"{video}.mp4")) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        assert len(frames) == 12 and frames[0].shape == (180, width, 3)
+    assert set(scan_affwild(root)) == {"vid01", "vid02_left", "vid02_right"}
