@@ -222,7 +222,7 @@ def annotate_to_files(source: str | Path, out_dir: str | Path, **options: Any) -
 
 def write_run(run: AnnotationRun, out_dir: str | Path) -> AnnotationFiles:
     """Iterate ``run`` into its CSV (streamed) and JSON report, both atomically."""
-    from .writers.csv_writer import CsvWriter
+    from .writers.csv import CsvWriter
     from .writers.report import write_report
 
     csv_path, json_path = output_paths(run.path, out_dir)

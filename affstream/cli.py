@@ -139,5 +139,9 @@ def _annotate_one(video: Path, out_dir: Path, stages, console) -> bool:
     return True
 
 
+from .cli_train import register as _register_training  # noqa: E402  (click commands only)
+
+_register_training(main)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

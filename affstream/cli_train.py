@@ -1,0 +1,209 @@
+"""Command line for training: ``features``, ``train``, ``evaluate``, ``export-abaw``.
+
+Registered on the main group by :func:`register`. Like :mod:`affstream.cli`, nothing
+heavy is imported at module level; progress goes to stderr and only ``evaluate``
+writes to stdout (one JSON object). A user error prints ``error: ...`` on stderr and
+exits with code 2; a run with failed inputs exits with 1; an interruption with 130.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+TASK_CHOICES = click.Choice(["expr", "au", "va", "all"])
+
+
+def _fail(message: str) -> None:
+    from .cli import _fail as fail
+
+    fail(message)
+
+
+def _console():
+    from .cli import _stderr_console
+
+    return _stderr_console()
+
+
+def _interrupted(console, hint: str) -> None:
+    from .cli import EXIT_INTERRUPTED
+
+    console.print(f"[red]interrupted[/]: {hint}", soft_wrap=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+# --------------------------------------------------------------------------- features
+
+
+@click.command("features")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Feature bank folder (created; an existing bank is resumed).")
+@click.option("--backbone", default="ViT-L-14:openai", show_default=True, help="CLIP backbone ARCH:TAG.")
+@click.option("--source", type=click.Choice(["crops", "videos"]), default="crops", show_default=True,
+              help="Organizers' face crops (cropped_aligned/) or raw videos (videos/) through affstream's pipeline.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Faces per backbone batch.")
+def features_command(root, out, backbone, source, device, batch_size) -> None:
+    """Compute the CLIP feature bank of an Aff-Wild2-format dataset ROOT (resumable)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .errors import AffstreamError
+    from .train.features import build_feature_bank
+
+    console = _console()
+    columns = (TextColumn("[bold]features"), BarColumn(), MofNCompleteColumn(), TextColumn("people"),
+               TimeElapsedColumn(), TextColumn("{task.fields[name]}"))
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("features", total=None, name="")
+
+            def progress(name: str, done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total, name=name)
+
+            summary = build_feature_bank(root, out, backbone=backbone, source=source, device=device,
+                                         batch_size=batch_size, progress=progress)
+    except AffstreamError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted(console, "people already written are kept; run the same command again to resume")
+    console.print(f"{out}: {summary['done']} people written, {summary['skipped']} already there, "
+                  f"{summary['frames']} frames ({summary['missing']} without a face)", soft_wrap=True, markup=False)
+    if summary["failed"]:
+        from .cli import EXIT_INPUT_FAILED
+
+        for name, message in summary["failed"].items():
+            console.print(f"[bold red]error:[/] {name}: {message}", soft_wrap=True)
+        sys.exit(EXIT_INPUT_FAILED)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _metric_text(metrics: dict) -> str:
+    keys = ("expr_f1", "au_f1", "va_ccc")
+    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics) or "no validation"
+
+
+@click.command("train")
+@click.option("--features", "features_dir", required=True, type=click.Path(path_type=Path), help="Feature bank folder.")
+@click.option("--task", type=TASK_CHOICES, required=True, help="Task to learn; 'all' trains one multi-task head.")
+@click.option("--head", "head_kind", type=click.Choice(["mlp", "temporal"]), default="mlp", show_default=True)
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Head checkpoint stem: writes OUT.safetensors and OUT.json.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs [32].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Frames (mlp) or windows (temporal) per batch [32].")
+@click.option("--lr", type=float, default=None, help="Peak learning rate [mlp 1e-3, temporal 3e-5].")
+@click.option("--weight-decay", type=float, default=None, help="Weight decay [mlp 0, temporal 1e-5].")
+@click.option("--loss", type=click.Choice(["cvar", "erm"]), default=None, help="Per-frame loss reduction [mlp cvar, temporal erm].")
+@click.option("--alpha", type=float, default=None, help="CVaR level in (0, 1] [0.3].")
+@click.option("--sam/--no-sam", default=None, help="Sharpness-aware minimisation [mlp on, temporal off].")
+@click.option("--rho", type=float, default=None, help="SAM radius [0.05].")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="MLP hidden width [768].")
+@click.option("--dropout", type=float, default=None, help="Dropout [mlp 0.6, temporal 0.3].")
+@click.option("--d-model", type=click.IntRange(min=2), default=None, help="Temporal head width [256].")
+@click.option("--window", "window_length", type=click.IntRange(min=1), default=None, help="Temporal window length in frames [300].")
+@click.option("--stride", "window_stride", type=click.IntRange(min=1), default=None, help="Temporal window stride in frames [200].")
+@click.option("--causal/--no-causal", default=None, help="Temporal head sees only past frames [off].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.resume/.")
+def train_command(features_dir, task, head_kind, out, resume, device, seed, **options) -> None:
+    """Train a per-frame MLP or temporal head on a feature bank's Train_Set; keep the
+    epoch with the best Validation_Set metric."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .errors import AffstreamError
+    from .train.loop import train_head
+
+    console = _console()
+    columns = (TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
+               MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task_id = bar.add_task("train", total=None, epoch=0, epochs=0)
+
+            def progress(event: dict) -> None:
+                if event["event"] == "start":
+                    bar.update(task_id, epochs=event["epochs"], epoch=event["first_epoch"])
+                elif event["event"] == "step":
+                    bar.update(task_id, epoch=event["epoch"], completed=event["step"], total=event["steps"])
+                elif event["event"] == "epoch":
+                    star = " *" if event["best_epoch"] == event["epoch"] else ""
+                    bar.console.print(f"epoch {event['epoch']}/{event['epochs']}: loss {event['train_loss']:.4f}  "
+                                      f"{_metric_text(event['metrics'])}{star}", soft_wrap=True, markup=False)
+
+            summary = train_head(features_dir, task=task, head=head_kind, out=out, seed=seed, device=device,
+                                 resume=resume, progress=progress, **options)
+    except AffstreamError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _interrupted(console, "the last finished epoch is saved; add --resume to continue")
+    console.print(f"{summary['out']}: best epoch {summary['best_epoch']} of {summary['epochs']}, "
+                  f"{_metric_text(summary['metrics'])}", soft_wrap=True, markup=False)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@click.command("evaluate")
+@click.option("--features", "features_dir", required=True, type=click.Path(path_type=Path), help="Feature bank folder.")
+@click.option("--head", "head_path", required=True, type=click.Path(path_type=Path), help="Head checkpoint (OUT or OUT.safetensors).")
+@click.option("--split", default="Validation_Set", show_default=True, help="Bank split to score.")
+@click.option("--tune-thresholds", is_flag=True, help="Tune per-AU thresholds on this split and store them in the head card.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def evaluate_command(features_dir, head_path, split, tune_thresholds, device) -> None:
+    """Print the ABAW metrics of HEAD on a split as one JSON object on stdout."""
+    from .errors import AffstreamError
+    from .train.evaluate import evaluate_head
+
+    try:
+        result = evaluate_head(features_dir, head_path, split=split, tune_thresholds=tune_thresholds, device=device)
+    except AffstreamError as exc:
+        _fail(str(exc))
+    click.echo(json.dumps(result))
+
+
+# --------------------------------------------------------------------------- export
+
+
+@click.command("export-abaw")
+@click.option("--features", "features_dir", required=True, type=click.Path(path_type=Path), help="Feature bank folder.")
+@click.option("--head", "head_path", required=True, type=click.Path(path_type=Path), help="Head checkpoint.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for EXPR.txt / AU.txt / VA.txt.")
+@click.option("--task", type=TASK_CHOICES, default=None, help="Task file(s) to write [every task of the head].")
+@click.option("--split", default="Validation_Set", show_default=True, help="Export every person of this bank split.")
+@click.option("--list", "list_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Export the people (or videos) named in FILE, one per line, instead of a split.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def export_command(features_dir, head_path, out_dir, task, split, list_file, device) -> None:
+    """Write ABAW submission files (every frame of every person; faceless frames filled)."""
+    from .errors import AffstreamError
+    from .train.export import export_abaw
+
+    console = _console()
+    try:
+        people = None
+        if list_file is not None:
+            from .train.affwild import read_video_list
+
+            people = read_video_list(list_file)
+        summary = export_abaw(features_dir, head_path, out_dir, task=task, people=people, split=split, device=device)
+    except AffstreamError as exc:
+        _fail(str(exc))
+    for path in summary["files"].values():
+        console.print(f"{path}: {summary['frames']} frames of {summary['people']} people", soft_wrap=True, markup=False)
+    console.print(f"{summary['filled']} frame(s) without a face filled from the nearest frame with one; "
+                  f"{len(summary['people_without_face'])} person(s) without any face "
+                  f"({summary['filled_without_face']} frames filled with defaults)", soft_wrap=True, markup=False)
+
+
+def register(main: click.Group) -> None:
+    """Add the training commands to the ``affstream`` group."""
+    for command in (features_command, train_command, evaluate_command, export_command):
+        main.add_command(command)

@@ -1,0 +1,282 @@
+"""Running a head over a feature bank, and scoring it with the ABAW metrics.
+
+Predictions are made per person on its *present* frames (those with a face):
+
+- per-frame heads score each present frame alone;
+- temporal heads see the person's sequence of present frames (missing frames
+  skipped, as a track's sequence at inference), cut with ``plan_windows`` by the
+  card's window length/stride, batched, and merged with ``stitch_windows`` -- the
+  same rule the annotate pipeline applies through its streaming buffer.
+
+Scoring pools every annotated, present frame of the split (ABAW: all frames
+pooled). An annotated frame without a face has no prediction and is not scored;
+their number is reported as ``n_unscored``. A frame counts for AU only when all 12
+AUs are annotated (:func:`affstream.metrics.au_valid`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import metrics
+from ..errors import ConfigError, DataError
+from ..heads.base import AffectHead, HeadCard, checkpoint_paths
+from ..labels import AU_LABELS, EXPR_LABELS
+from ..temporal.windows import gather_windows, plan_windows, stitch_windows
+from .bank import FeatureBank
+from .datasets import MemmapCache, person_labels
+
+log = logging.getLogger("affstream")
+
+TASK_METRIC = {"expr": "expr_f1", "au": "au_f1", "va": "va_ccc"}
+"""The ABAW metric of each task (higher is better)."""
+
+FRAME_BATCH = 4096
+WINDOW_BATCH = 16
+
+
+@dataclass
+class PersonOutputs:
+    """Raw head scores of one person's present frames.
+
+    rows:   (m,) int64 0-based frame rows (frame number - 1) of the present frames.
+    scores: task -> (m, C) float64 raw scores: va (m, 2) values in [-1, 1],
+            expr (m, 8) logits, au (m, 12) logits.
+    """
+
+    name: str
+    n_frames: int
+    rows: np.ndarray
+    scores: dict[str, np.ndarray]
+
+
+def _outputs_dict(out, tasks: Sequence[str]) -> dict[str, torch.Tensor]:
+    by_task = {"va": out.va, "expr": out.expr_logits, "au": out.au_logits}
+    return {t: by_task[t] for t in tasks}
+
+
+@torch.no_grad()
+def _frame_scores(head: AffectHead, feats: np.ndarray, device: torch.device) -> dict[str, np.ndarray]:
+    tasks = head.card.tasks
+    chunks: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
+    for i in range(0, len(feats), FRAME_BATCH):
+        x = torch.from_numpy(np.ascontiguousarray(feats[i:i + FRAME_BATCH], dtype=np.float32)).to(device)
+        for t, v in _outputs_dict(head(x), tasks).items():
+            chunks[t].append(v.float().cpu().numpy().astype(np.float64))
+    return {t: np.concatenate(v) for t, v in chunks.items()}
+
+
+@torch.no_grad()
+def _window_scores(head: AffectHead, feats: np.ndarray, device: torch.device) -> dict[str, np.ndarray]:
+    card = head.card
+    n = len(feats)
+    plan = plan_windows(n, card.window_length, card.window_stride)
+    windows, mask = gather_windows(np.ascontiguousarray(feats, dtype=np.float32), plan, card.window_length)
+    chunks: dict[str, list[np.ndarray]] = {t: [] for t in card.tasks}
+    for i in range(0, len(plan), WINDOW_BATCH):
+        x = torch.from_numpy(windows[i:i + WINDOW_BATCH]).to(device)
+        m = torch.from_numpy(mask[i:i + WINDOW_BATCH]).to(device)
+        for t, v in _outputs_dict(head(x, m), card.tasks).items():
+            chunks[t].append(v.float().cpu().numpy())
+    return {t: stitch_windows(np.concatenate(v), plan, n) for t, v in chunks.items()}
+
+
+def predict_person(head: AffectHead, bank: FeatureBank, name: str, device: torch.device | str = "cpu",
+                   maps: MemmapCache | None = None) -> PersonOutputs:
+    """Raw scores of ``head`` (in eval mode) on the present frames of ``name``."""
+    device = torch.device(device)
+    was_training = head.training
+    head.eval()
+    try:
+        rows = np.flatnonzero(bank.present(name)).astype(np.int64)
+        mapped = maps(name) if maps is not None else bank.features(name)
+        feats = np.asarray(mapped[rows], dtype=np.float32)
+        tasks = head.card.tasks
+        if len(rows) == 0:
+            scores = {t: np.zeros((0, _width(t)), dtype=np.float64) for t in tasks}
+        elif head.card.windowed:
+            scores = _window_scores(head, feats, device)
+        else:
+            scores = _frame_scores(head, feats, device)
+    finally:
+        head.train(was_training)
+    return PersonOutputs(name, int(bank.people[name]["n_frames"]), rows, scores)
+
+
+def _width(task: str) -> int:
+    return {"va": 2, "expr": len(EXPR_LABELS), "au": len(AU_LABELS)}[task]
+
+
+def predict_people(head: AffectHead, bank: FeatureBank, names: Sequence[str],
+                   device: torch.device | str = "cpu") -> list[PersonOutputs]:
+    maps = MemmapCache(bank)
+    return [predict_person(head, bank, name, device, maps) for name in names]
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class Pooled:
+    """Annotated, present frames of a split pooled over people, per task.
+
+    truth: task -> expr (N,) int64 / au (N, 12) int8 / va (N, 2) float; scores: raw
+    scores at the same frames; unscored: task -> annotated frames without a face.
+    """
+
+    truth: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+    unscored: dict[str, int]
+
+
+def _annotated(task: str, labels: np.ndarray) -> np.ndarray:
+    if task == "expr":
+        return metrics.expr_valid(labels)
+    if task == "au":
+        return metrics.au_valid(labels)
+    return np.isfinite(labels).all(axis=1)
+
+
+def pool(bank: FeatureBank, outputs: Sequence[PersonOutputs], tasks: Sequence[str]) -> Pooled:
+    """Pair each person's predictions with its labels at annotated, present frames."""
+    truth: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
+    scores: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
+    unscored = {t: 0 for t in tasks}
+    for person in outputs:
+        labels = person_labels(bank, person.name, tasks)
+        for t in tasks:
+            annotated = _annotated(t, labels[t])
+            keep = annotated[person.rows]
+            truth[t].append(labels[t][person.rows[keep]])
+            scores[t].append(person.scores[t][keep])
+            unscored[t] += int(annotated.sum() - keep.sum())
+    return Pooled(
+        {t: np.concatenate(v) if v else np.zeros((0,)) for t, v in truth.items()},
+        {t: np.concatenate(v) if v else np.zeros((0, _width(t))) for t, v in scores.items()},
+        unscored,
+    )
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def score(pooled: Pooled, tasks: Sequence[str], au_thresholds: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """ABAW metrics of pooled predictions.
+
+    Keys per task: expr -> ``expr_f1`` (macro over 8) and ``expr_f1_per_class``
+    {label: F1}; au -> ``au_f1`` (mean over 12) and ``au_f1_per_au`` {AU: F1} with
+    presence = sigmoid(logit) >= threshold; va -> ``va_ccc`` (mean), ``va_ccc_valence``,
+    ``va_ccc_arousal``. Plus ``n_frames`` {task: scored frames} and ``n_unscored``
+    {task: annotated frames without a face}. A task with no scored frame raises DataError.
+    """
+    result: dict[str, Any] = {}
+    if "expr" in tasks:
+        y_true, y_pred = pooled.truth["expr"], pooled.scores["expr"].argmax(axis=1)
+        result["expr_f1"] = metrics.expr_macro_f1(y_true, y_pred)
+        per = metrics.f1_per_class(y_true, y_pred)
+        result["expr_f1_per_class"] = {label: float(v) for label, v in zip(EXPR_LABELS, per)}
+    if "au" in tasks:
+        mean, per = metrics.au_f1(pooled.truth["au"], _sigmoid(pooled.scores["au"]), np.asarray(au_thresholds))
+        result["au_f1"] = mean
+        result["au_f1_per_au"] = {label: float(v) for label, v in zip(AU_LABELS, per)}
+    if "va" in tasks:
+        mean, valence, arousal = metrics.va_ccc(pooled.truth["va"], pooled.scores["va"])
+        result.update(va_ccc=mean, va_ccc_valence=valence, va_ccc_arousal=arousal)
+    result["n_frames"] = {t: int(len(pooled.truth[t])) for t in tasks}
+    result["n_unscored"] = dict(pooled.unscored)
+    return result
+
+
+def overall(result: dict[str, Any], tasks: Sequence[str]) -> float:
+    """Model-selection score: the task's ABAW metric, or their sum for several tasks."""
+    return float(sum(result[TASK_METRIC[t]] for t in tasks))
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def check_compatible(card: HeadCard, bank: FeatureBank, head_path: str | Path) -> None:
+    """ConfigError unless the head was trained on features like the bank's."""
+    if card.backbone != bank.backbone or card.feature_dim != bank.feature_dim:
+        raise ConfigError(
+            f"{head_path}: head expects features of backbone '{card.backbone}' ({card.feature_dim}-d) "
+            f"but feature bank {bank.path} holds '{bank.backbone}' ({bank.feature_dim}-d); "
+            "use a bank built with the head's backbone"
+        )
+
+
+def write_card(card: HeadCard, head_path: str | Path) -> Path:
+    """Replace the JSON card of ``head_path`` atomically (temp file, then rename)."""
+    _, card_path = checkpoint_paths(head_path)
+    tmp = card_path.with_name(card_path.name + f".tmp-{os.getpid()}")
+    try:
+        tmp.write_text(card.to_json() + "\n", encoding="utf-8")
+        os.replace(tmp, card_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return card_path
+
+
+def split_people(bank: FeatureBank, split: str) -> list[str]:
+    names = bank.split(split)
+    if not names:
+        splits = sorted({e["split"] for e in bank.people.values()})
+        raise DataError(f"{bank.path}: no people in split '{split}' (the bank has {', '.join(splits) or 'none'})")
+    return names
+
+
+def evaluate_head(
+    features_dir: str | Path,
+    head_path: str | Path,
+    *,
+    split: str = "Validation_Set",
+    tune_thresholds: bool = False,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Score a trained head on one split of a feature bank.
+
+    Returns a JSON-ready dict: ``expr_f1`` / ``au_f1`` / ``va_ccc`` (whichever the head
+    predicts) with their per-class values (see :func:`score`), ``n_frames``,
+    ``n_unscored``, ``split`` and ``people``. With ``tune_thresholds`` (AU heads) the
+    per-AU thresholds are tuned on this split (:func:`metrics.tune_au_thresholds`),
+    written to the head's card atomically and used for the reported AU F1 (which is
+    therefore optimistic on this split); they are returned as ``au_thresholds``.
+
+    Raises ConfigError if the bank's backbone / feature_dim differ from the head's,
+    DataError for a missing bank or an empty split, WeightsError for a bad checkpoint.
+    """
+    from ..device import resolve_device
+    from ..heads.base import load_head_checkpoint, read_card
+
+    bank = FeatureBank.open(features_dir)
+    card = read_card(head_path)
+    check_compatible(card, bank, head_path)
+    dev = resolve_device(device)
+    head, _ = load_head_checkpoint(head_path, dev)
+    names = split_people(bank, split)
+    pooled = pool(bank, predict_people(head, bank, names, dev), card.tasks)
+    thresholds = np.asarray(card.au_thresholds, dtype=np.float64)
+    if tune_thresholds:
+        if "au" not in card.tasks:
+            raise ConfigError(f"{head_path}: --tune-thresholds needs a head that predicts AUs")
+        tuned = metrics.tune_au_thresholds(pooled.truth["au"], _sigmoid(pooled.scores["au"]))
+        thresholds = np.round(tuned, 6)  # grid values without float noise (0.55, not 0.5499999...)
+        card = dataclasses.replace(card, au_thresholds=tuple(float(t) for t in thresholds))
+        write_card(card, head_path)
+        log.info("tuned AU thresholds written to the card of %s", head_path)
+    result = score(pooled, card.tasks, thresholds)
+    if "au" in card.tasks:
+        result["au_thresholds"] = {label: float(t) for label, t in zip(AU_LABELS, thresholds)}
+    result["split"] = split
+    result["people"] = len(names)
+    return result

@@ -1,0 +1,207 @@
+"""ABAW submission files from a trained head and a feature bank.
+
+One file per task in ``OUT_DIR`` (``EXPR.txt``, ``AU.txt``, ``VA.txt``), in the
+organizers' format: a header ``image_location,<labels>`` then one line per frame,
+``NAME/00001.jpg,...`` for every frame 1..n_frames of every listed person (NAME is
+the annotated person, e.g. ``video10_left``, as the organizers' crop folders):
+
+- EXPR: ``image_location,Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other``;
+  each line holds one predicted class index 0-7 (argmax of the logits);
+- AU: ``image_location,AU1,...,AU26``; 12 comma-separated 0/1 (sigmoid >= the card's
+  per-AU threshold);
+- VA: ``image_location,valence,arousal``; two values in [-1, 1].
+
+Frames without a face get the prediction of the nearest frame with one (ties go to
+the earlier frame); a person with no face at all gets the majority predicted class
+of the export (Neutral if none), no AU and (0, 0). Both are counted in the summary.
+Files are written under temporary names and renamed once all are complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..labels import AU_LABELS, EXPR_LABELS, VA_LABELS
+from .bank import FeatureBank
+from .datasets import MemmapCache
+from .evaluate import PersonOutputs, check_compatible, predict_person, split_people
+
+log = logging.getLogger("affstream")
+
+EXPORT_FILES: dict[str, str] = {"expr": "EXPR.txt", "au": "AU.txt", "va": "VA.txt"}
+HEADERS: dict[str, str] = {
+    "expr": "image_location," + ",".join(EXPR_LABELS),
+    "au": "image_location," + ",".join(AU_LABELS),
+    "va": "image_location," + ",".join(VA_LABELS),
+}
+
+
+def nearest_present(present: np.ndarray) -> np.ndarray | None:
+    """For each frame row, the row of the nearest present frame (ties: the earlier).
+
+    present: (n,) bool. Returns (n,) int64, or None when no frame is present.
+    """
+    rows = np.flatnonzero(present)
+    if rows.size == 0:
+        return None
+    frames = np.arange(len(present))
+    pos = np.searchsorted(rows, frames)  # first present row >= frame
+    after = rows[np.minimum(pos, rows.size - 1)]
+    before = rows[np.maximum(pos - 1, 0)]
+    use_before = (pos > 0) & ((pos == rows.size) | (frames - before <= after - frames))
+    return np.where(use_before, before, after).astype(np.int64)
+
+
+def _decisions(person: PersonOutputs, task: str, thresholds: np.ndarray) -> np.ndarray:
+    """Per present frame: expr (m,) class index, au (m, 12) 0/1, va (m, 2) clipped."""
+    scores = person.scores[task]
+    if task == "expr":
+        return scores.argmax(axis=1).astype(np.int64)
+    if task == "au":
+        return (1.0 / (1.0 + np.exp(-scores)) >= thresholds).astype(np.int64)
+    return np.clip(scores, -1.0, 1.0)
+
+
+def _format(task: str, name: str, values: np.ndarray) -> list[str]:
+    lines = []
+    for k, value in enumerate(values, start=1):
+        if task == "expr":
+            text = str(int(value))
+        elif task == "au":
+            text = ",".join(str(int(v)) for v in value)
+        else:
+            text = f"{value[0]:.6f},{value[1]:.6f}"
+        lines.append(f"{name}/{k:05d}.jpg,{text}")
+    return lines
+
+
+def resolve_people(bank: FeatureBank, people: Sequence[str] | None, split: str) -> list[str]:
+    """``people`` checked against the bank (a video name stands for its ``_left`` /
+    ``_right`` people), or every person of ``split``."""
+    if people is None:
+        return split_people(bank, split)
+    names, unknown = [], []
+    for name in people:
+        if name in bank:
+            names.append(name)
+        elif f"{name}_left" in bank or f"{name}_right" in bank:
+            names.extend(n for n in (f"{name}_left", f"{name}_right") if n in bank)
+        else:
+            unknown.append(name)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise DataError(f"{bank.path}: {len(unknown)} listed name(s) not in the feature bank ({shown}); "
+                        "compute their features first")
+    if not names:
+        raise DataError(f"{bank.path}: the list of people to export is empty")
+    return list(dict.fromkeys(names))
+
+
+def _tasks(task: str | None, head_tasks: Sequence[str], head_path) -> tuple[str, ...]:
+    if task in (None, "all"):
+        return tuple(head_tasks)
+    if task not in EXPORT_FILES:
+        raise ConfigError(f"task '{task}': use expr, au, va or all")
+    if task not in head_tasks:
+        raise ConfigError(f"{head_path}: the head does not predict '{task}' (it predicts {', '.join(head_tasks)})")
+    return (task,)
+
+
+def export_abaw(
+    features_dir: str | Path,
+    head_path: str | Path,
+    out_dir: str | Path,
+    *,
+    task: str | None = None,
+    people: Sequence[str] | None = None,
+    split: str = "Validation_Set",
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Write ABAW submission files for ``people`` (default: everyone in ``split``).
+
+    task: expr, au, va, all or None (= every task the head predicts).
+    Returns ``{"files": {task: path}, "people": count, "frames": lines per file,
+    "filled": frames filled from the nearest frame with a face, "people_without_face":
+    [names], "filled_without_face": frames of those people}``.
+    Raises ConfigError for a head/bank backbone mismatch or a task the head lacks,
+    DataError for unknown people or an empty split.
+    """
+    from ..device import resolve_device
+    from ..heads.base import load_head_checkpoint, read_card
+
+    bank = FeatureBank.open(features_dir)
+    card = read_card(head_path)
+    check_compatible(card, bank, head_path)
+    tasks = _tasks(task, card.tasks, head_path)
+    names = resolve_people(bank, people, split)
+    dev = resolve_device(device)
+    head, _ = load_head_checkpoint(head_path, dev)
+    thresholds = np.asarray(card.au_thresholds, dtype=np.float64)
+
+    maps = MemmapCache(bank)
+    per_person: dict[str, dict[str, np.ndarray] | None] = {}
+    filled, faceless = 0, []
+    for name in names:
+        outputs = predict_person(head, bank, name, dev, maps)
+        nearest = nearest_present(bank.present(name))
+        if nearest is None:
+            per_person[name] = None
+            faceless.append(name)
+            continue
+        position = np.searchsorted(outputs.rows, nearest)  # row -> index among present frames
+        per_person[name] = {t: _decisions(outputs, t, thresholds)[position] for t in tasks}
+        filled += int(outputs.n_frames - len(outputs.rows))
+    default = _defaults(per_person, tasks)
+    lines: dict[str, list[str]] = {t: [HEADERS[t]] for t in tasks}
+    faceless_frames = 0
+    for name in names:
+        values = per_person[name]
+        n = int(bank.people[name]["n_frames"])
+        if values is None:
+            values = {t: np.repeat(default[t][None], n, axis=0) for t in tasks}
+            faceless_frames += n
+        for t in tasks:
+            lines[t].extend(_format(t, name, values[t]))
+    files = _write_all(Path(out_dir), lines)
+    if filled or faceless:
+        log.info("export: %d frame(s) filled from the nearest frame with a face; %d person(s) without any face",
+                 filled, len(faceless))
+    return {"files": {t: str(p) for t, p in files.items()}, "people": len(names),
+            "frames": len(lines[tasks[0]]) - 1, "filled": filled, "people_without_face": faceless,
+            "filled_without_face": faceless_frames}
+
+
+def _defaults(per_person: dict[str, dict[str, np.ndarray] | None], tasks: Sequence[str]) -> dict[str, np.ndarray]:
+    default = {"expr": np.asarray(0), "au": np.zeros(len(AU_LABELS), dtype=np.int64), "va": np.zeros(2)}
+    if "expr" in tasks:
+        predicted = [v["expr"] for v in per_person.values() if v is not None]
+        if predicted:
+            counts = np.bincount(np.concatenate(predicted), minlength=len(EXPR_LABELS))
+            default["expr"] = np.asarray(int(counts.argmax()))
+    return default
+
+
+def _write_all(out_dir: Path, lines: dict[str, list[str]]) -> dict[str, Path]:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: exists and is not a folder; choose another output")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temps: dict[str, tuple[Path, Path]] = {}
+    try:
+        for task, content in lines.items():
+            target = out_dir / EXPORT_FILES[task]
+            tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+            tmp.write_text("\n".join(content) + "\n", encoding="utf-8")
+            temps[task] = (tmp, target)
+        for tmp, target in temps.values():
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in temps.values():
+            tmp.unlink(missing_ok=True)
+    return {task: target for task, (_, target) in temps.items()}

@@ -1,0 +1,74 @@
+"""End-to-end annotate benchmark: frames/s, time per stage and peak memory.
+
+Each (clip, pipeline) pair runs in its own subprocess so peak RSS is per run:
+
+    python benchmarks/bench_annotate.py --pipeline smoke --clips tests/data/single_face.mp4 tests/data/WolfgangLanger_Pexels.mp4
+    python benchmarks/bench_annotate.py --backbone ViT-B-32:random --device cuda
+
+Prints a Markdown table (a benchmark script may print; the library never does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+
+CHILD = r"""
+import json, resource, sys, time, torch
+from affstream.api import annotate_to_files
+args = json.loads(sys.argv[1])
+if args["threads"]:
+    torch.set_num_threads(args["threads"])
+t0 = time.perf_counter()
+files = annotate_to_files(args["clip"], args["out"], pipeline=args["pipeline"], backbone=args["backbone"], device=args["device"], batch_size=args["batch_size"])
+total = time.perf_counter() - t0
+r = files.report
+peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+print(json.dumps({"counts": r["counts"], "timings": r["timings"], "device": r["device"], "backbone": r["backbone"]["spec"],
+                  "total_s_with_load": total, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_gpu_mib": peak_gpu}))
+"""
+
+
+def run_one(clip: str, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        payload = json.dumps({"clip": clip, "out": out, "pipeline": args.pipeline, "backbone": args.backbone,
+                              "device": args.device, "batch_size": args.batch_size, "threads": args.threads})
+        proc = subprocess.run([sys.executable, "-c", CHILD, payload], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{clip}: benchmark run failed:\n{proc.stderr[-2000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", nargs="+", default=["tests/data/single_face.mp4", "tests/data/WolfgangLanger_Pexels.mp4"])
+    parser.add_argument("--pipeline", default="smoke")
+    parser.add_argument("--backbone", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--json", action="store_true", help="print raw JSON lines instead of a table")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, python {platform.python_version()}")
+    stages = ("decode", "detect", "track", "align", "embed", "head")
+    print("| clip | backbone | device | frames | rows | wall s | frames/s | " + " | ".join(f"{s} s" for s in stages) + " | peak RSS MiB | peak GPU MiB |")
+    print("|" + "---|" * (10 + len(stages)))
+    for clip in args.clips:
+        r = run_one(clip, args)
+        if args.json:
+            print(json.dumps(r))
+            continue
+        st = r["timings"]["stages"]
+        cells = [f"{st.get(s, {}).get('seconds', 0.0):.2f}" for s in stages]
+        gpu = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}"
+        print(f"| {clip.split('/')[-1]} | {r['backbone']} | {r['device']} | {r['counts']['frames_written']} | {r['counts']['rows']} | "
+              f"{r['timings']['wall_s']:.2f} | {r['timings']['frames_per_s']:.1f} | " + " | ".join(cells) + f" | {r['peak_rss_mib']:.0f} | {gpu} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The annotate command: outputs, bad inputs and exit codes (click's CliRunner)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from affstream.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("AFFSTREAM_CACHE", str(tmp_path_factory.getbasetemp() / "cli-cache"))
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def one_line_error(result, name: str) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines, result.stderr
+    assert any(name in line for line in lines), lines
+    assert "Traceback" not in result.output + result.stderr
+    return lines[0]
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from affstream.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules, 'av' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"
+
+
+def test_smoke_annotate_writes_csv_and_json(single_face_mp4, tmp_path):
+    result = run_cli("annotate", str(single_face_mp4), "-o", str(tmp_path), "--pipeline", "smoke", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""  # stdout stays clean
+    assert "meaningless" in result.stderr
+    rows = list(csv.reader(open(tmp_path / "single_face.csv", newline="")))
+    assert len(rows) == 1 + 72
+    report = json.loads((tmp_path / "single_face.json").read_text())
+    assert report["meaningful"] is False
+
+
+@pytest.mark.parametrize(
+    "fixture_name, expect",
+    [
+        ("zero_byte_file", "empty"),
+        ("text_file", ""),
+        ("audio_only_file", "no video stream"),
+    ],
+)
+def test_bad_inputs_exit_nonzero_with_one_line(request, tmp_path, fixture_name, expect):
+    path = request.getfixturevalue(fixture_name)
+    result = run_cli("annotate", str(path), "-o", str(tmp_path), "--pipeline", "smoke", "--device", "cpu")
+    assert result.exit_code == 1
+    line = one_line_error(result, path.name)
+    assert expect.lower() in line.lower()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nope.mp4"
+    result = run_cli("annotate", str(missing), "-o", str(tmp_path / "out"), "--pipeline", "smoke", "--device", "cpu")
+    assert result.exit_code == 1
+    one_line_error(result, "nope.mp4")
+
+
+def test_truncated_clip_is_annotated_and_errors_counted(truncated_clip, tmp_path):
+    result = run_cli("annotate", str(truncated_clip), "-o", str(tmp_path), "--pipeline", "smoke", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / f"{truncated_clip.stem}.json").read_text())
+    assert report["counts"]["decode_errors"] > 0
+    rows = list(csv.reader(open(tmp_path / f"{truncated_clip.stem}.csv", newline="")))
+    assert len(rows) - 1 == report["counts"]["frames_decoded"] > 0
+
+
+def test_one_bad_file_does_not_stop_the_others(single_face_jpg, zero_byte_file, tmp_path):
+    result = run_cli("annotate", str(zero_byte_file), str(single_face_jpg), "-o", str(tmp_path), "--pipeline", "smoke", "--device", "cpu")
+    assert result.exit_code == 1
+    one_line_error(result, zero_byte_file.name)
+    assert (tmp_path / "single_face.csv").is_file() and (tmp_path / "single_face.json").is_file()
+    assert not (tmp_path / f"{zero_byte_file.stem}.csv").exists()
+
+
+def test_bad_configuration_exits_2(single_face_jpg, tmp_path):
+    result = run_cli("annotate", str(single_face_jpg), "-o", str(tmp_path), "--pipeline", "nonexistent")
+    assert result.exit_code == 2
+    one_line_error(result, "nonexistent")
+    result = run_cli("annotate", str(single_face_jpg), "-o", str(tmp_path), "--pipeline", "smoke", "--backbone", "NoSuchArch:random")
+    assert result.exit_code == 2
+    one_line_error(result, "NoSuchArch")
+
+
+def test_offline_backbone_fails_fast_with_instructions(single_face_jpg, tmp_path, monkeypatch):
+    monkeypatch.setenv("AFFSTREAM_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    result = run_cli("annotate", str(single_face_jpg), "-o", str(tmp_path), "--backbone", "ViT-B-32:openai", "--device", "cpu")
+    assert result.exit_code == 2
+    line = one_line_error(result, "ViT-B-32")
+    assert "--backbone" in line or "weights" in line.lower()
