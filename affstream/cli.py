@@ -43,7 +43,6 @@ def main(verbose: int) -> None:
     logger = logging.getLogger("affstream")
     logger.handlers[:] = [handler]
     logger.setLevel(level)
-    logger.propagate = False
 
 
 def _progress():
