@@ -19,12 +19,15 @@ import tempfile
 
 CHILD = r"""
 import json, resource, sys, time, torch
-from affstream.api import annotate_to_files
+from affstream.api import annotate_to_files, resolve_config
 args = json.loads(sys.argv[1])
 if args["threads"]:
     torch.set_num_threads(args["threads"])
 t0 = time.perf_counter()
-files = annotate_to_files(args["clip"], args["out"], pipeline=args["pipeline"], backbone=args["backbone"], device=args["device"], batch_size=args["batch_size"])
+config = resolve_config(args["pipeline"], backbone=args["backbone"], device=args["device"], batch_size=args["batch_size"])
+if args["detect_batch"]:
+    config = config.with_overrides(detect={"batch_frames": args["detect_batch"]})
+files = annotate_to_files(args["clip"], args["out"], pipeline=config)
 total = time.perf_counter() - t0
 r = files.report
 peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
@@ -37,7 +40,8 @@ print(json.dumps({"counts": r["counts"], "timings": r["timings"], "device": r["d
 def run_one(clip: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as out:
         payload = json.dumps({"clip": clip, "out": out, "pipeline": args.pipeline, "backbone": args.backbone,
-                              "device": args.device, "batch_size": args.batch_size, "threads": args.threads})
+                              "device": args.device, "batch_size": args.batch_size, "threads": args.threads,
+                              "detect_batch": args.detect_batch})
         proc = subprocess.run([sys.executable, "-c", CHILD, payload], capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{clip}: benchmark run failed:\n{proc.stderr[-2000:]}")
@@ -51,6 +55,7 @@ def main() -> None:
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--detect-batch", type=int, default=None, help="frames per detector call")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--json", action="store_true", help="print raw JSON lines instead of a table")
     args = parser.parse_args()
