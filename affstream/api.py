@@ -160,6 +160,7 @@ class AnnotationRun:
                 "frames_with_faces": self.frames_with_faces,
                 "tracks": len(self.track_ids),
                 "decode_errors": self.stats.errors,
+                "frames_without_pts": self.stats.missing_pts,
                 "decode_error_messages": list(self.stats.error_messages),
             },
             "timings": {

@@ -48,7 +48,9 @@ def _interrupted(console, hint: str) -> None:
               help="Organizers' face crops (cropped_aligned/) or raw videos (videos/) through affstream's pipeline.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Faces per backbone batch.")
-def features_command(root, out, backbone, source, device, batch_size) -> None:
+@click.option("--test-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also embed the unannotated test people (or videos) named in FILE, one per line, as split Test_Set.")
+def features_command(root, out, backbone, source, device, batch_size, test_list) -> None:
     """Compute the CLIP feature bank of an Aff-Wild2-format dataset ROOT (resumable)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -66,7 +68,7 @@ def features_command(root, out, backbone, source, device, batch_size) -> None:
                 bar.update(task, completed=done, total=total, name=name)
 
             summary = build_feature_bank(root, out, backbone=backbone, source=source, device=device,
-                                         batch_size=batch_size, progress=progress)
+                                         batch_size=batch_size, progress=progress, test_list=test_list)
     except AffstreamError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -201,6 +203,10 @@ def export_command(features_dir, head_path, out_dir, task, split, list_file, dev
     console.print(f"{summary['filled']} frame(s) without a face filled from the nearest frame with one; "
                   f"{len(summary['people_without_face'])} person(s) without any face "
                   f"({summary['filled_without_face']} frames filled with defaults)", soft_wrap=True, markup=False)
+    if summary["n_frames_from_crops"]:
+        console.print(f"warning: {len(summary['n_frames_from_crops'])} person(s) exported up to their last crop only "
+                      f"(no video when the bank was built): {', '.join(summary['n_frames_from_crops'])}",
+                      soft_wrap=True, markup=False)
 
 
 def register(main: click.Group) -> None:

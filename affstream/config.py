@@ -42,7 +42,7 @@ class DetectConfig:
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     pyramid_factor: float = 0.709
     min_score: float = 0.9
-    batch_frames: int = 16
+    batch_frames: int = 32
 
 
 @dataclass(frozen=True)

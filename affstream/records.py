@@ -57,11 +57,13 @@ class DecodeStats:
     """Counters a decoder updates while it runs (mutable on purpose).
 
     ``frames`` counts frames handed downstream; ``errors`` counts packets or frames
-    that could not be decoded and were skipped.
+    that could not be decoded and were skipped; ``missing_pts`` counts frames without a
+    presentation timestamp, whose time was extrapolated from the previous frame.
     """
 
     frames: int = 0
     errors: int = 0
+    missing_pts: int = 0
     error_messages: list[str] = field(default_factory=list)
 
 

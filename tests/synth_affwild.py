@@ -368,6 +368,21 @@ def _write_video(target: Path, clips: list[str], n: int, fps: int = 25) -> None:
         container.mux(stream.encode(None))
 
 
+def write_test_crops(root: str | Path, name: str, frames, *, clip: str = "single_face") -> Path:
+    """Crops of an unannotated (test-set) person: ``cropped_aligned/NAME/%05d.jpg`` for
+    each 1-based frame number in ``frames``, cut from a tests/data clip, no annotation
+    files. Returns the crop folder."""
+    from PIL import Image
+
+    folder = Path(root) / "cropped_aligned" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = sorted(int(k) for k in frames)
+    n = max(frames, default=1)
+    for k in frames:
+        Image.fromarray(_face_crop(clip, _frame_at(clip, k, n))).save(folder / f"{k:05d}.jpg", quality=92)
+    return folder
+
+
 # --------------------------------------------------------------------------- malformed
 
 

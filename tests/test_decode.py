@@ -138,6 +138,7 @@ def test_missing_pts_are_extrapolated_from_the_rate(no_pts_clip):
     assert len(frames) == 8 and stats.errors == 0
     np.testing.assert_allclose(times_of(frames), np.arange(8) / 25.0, atol=1e-9)
     assert any("no PTS" in message for message in stats.error_messages)
+    assert stats.missing_pts == 8
 
 
 def test_rotated_clip_fixture_is_upright(rotated_clip):

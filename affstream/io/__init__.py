@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .decode import iter_frames, probe
+from .decode import count_frames, iter_frames, probe
 from .prefetch import prefetch
 
-__all__ = ["iter_frames", "prefetch", "probe"]
+__all__ = ["count_frames", "iter_frames", "prefetch", "probe"]

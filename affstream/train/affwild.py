@@ -46,6 +46,8 @@ TASK_DIRS: dict[str, str] = {
     "va": "VA_Estimation_Challenge",
 }
 SPLITS: tuple[str, ...] = ("Train_Set", "Validation_Set")
+TEST_SPLIT = "Test_Set"
+"""Split of the unannotated people of a test list (``affstream features --test-list``)."""
 
 HEADERS: dict[str, tuple[str, ...]] = {
     "expr": EXPR_LABELS,
@@ -384,6 +386,29 @@ def _merge(name: str, split: str, by_task: dict[str, np.ndarray], files: dict[st
         merged[task] = values
     return PersonLabels(name=name, video=video_of(name), split=split, n_frames=n_frames,
                         files=dict(files), **merged)
+
+
+def test_person(name: str, n_frames: int) -> PersonLabels:
+    """An unannotated test-set person: split ``TEST_SPLIT``, every task None."""
+    return PersonLabels(name=name, video=video_of(name), split=TEST_SPLIT, expr=None, au=None,
+                        va=None, n_frames=int(n_frames))
+
+
+def read_test_list(path: str | Path, annotated: dict[str, PersonLabels]) -> list[str]:
+    """The people named in the test list ``path`` (see :func:`read_video_list`), in order,
+    duplicates dropped. A name that is also an annotated person of ``annotated``
+    raises DataError: a person belongs to one split only.
+    """
+    names = list(dict.fromkeys(read_video_list(path)))
+    for name in names:
+        if name in annotated:
+            person = annotated[name]
+            where = ", ".join(sorted(set(person.files.values()))) or person.split
+            raise DataError(
+                f"{path}: '{name}' is listed as a test person but is annotated in {person.split} "
+                f"({where}); a person belongs to one split only, remove it from the list"
+            )
+    return names
 
 
 def check_length(labels: PersonLabels, n_decoded_frames: int, source: str) -> None:

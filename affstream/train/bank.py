@@ -14,8 +14,13 @@ Format (version 1)::
      "backbone": "ViT-L-14:openai",       # spec of the CLIP image encoder
      "backbone_sha256": "..." | null,     # checksum of its weights (null: unknown/random)
      "feature_dim": 768, "dtype": "float16", "source": "crops" | "videos",
-     "people": {NAME: {"video": ..., "split": "Train_Set" | "Validation_Set",
-                       "n_frames": N, "n_missing": M, "file": "people/NAME.npy"}}}
+     "people": {NAME: {"video": ..., "split": "Train_Set" | "Validation_Set" | "Test_Set",
+                       "n_frames": N, "n_missing": M, "file": "people/NAME.npy",
+                       "n_frames_source": "video" | "crops"}}}   # test people only
+
+A ``Test_Set`` person (from a test list) has no labels (every task absent). Its
+``n_frames`` is the decoded frame count of its video (``n_frames_source`` "video"), or,
+without a video, its largest crop number ("crops": trailing faceless frames unknown).
 
 Row ``k - 1`` of a person's features is frame ``k`` (1-based), the same row as line
 ``k + 1`` of its annotation files. Frames without a face crop keep their row: the row
@@ -292,8 +297,12 @@ class BankWriter:
             return False
         return all((self.path / rel).is_file() for rel in person_files(name))
 
-    def add(self, labels: PersonLabels, features: np.ndarray, present: np.ndarray) -> None:
+    def add(self, labels: PersonLabels, features: np.ndarray, present: np.ndarray,
+            extra: dict[str, Any] | None = None) -> None:
         """Store one person: features (n_frames, D) float, present (n_frames,) bool.
+
+        extra: JSON-ready fields added to the person's index entry (e.g.
+        ``{"n_frames_source": "crops"}``); they cannot replace the standard keys.
 
         Rows where ``present`` is False are stored as zeros whatever their values.
         Replaces the person if already stored. Raises DataError if shapes disagree
@@ -301,6 +310,9 @@ class BankWriter:
         """
         name = labels.name
         _check_name(name)
+        extra = dict(extra or {})
+        if set(extra) & set(_ENTRY_KEYS):
+            raise DataError(f"extra index fields of '{name}' may not replace {', '.join(_ENTRY_KEYS)}")
         n, dim = labels.n_frames, self.feature_dim
         features = np.asarray(features)
         present = np.asarray(present)
@@ -322,7 +334,7 @@ class BankWriter:
 
         self._index["people"][name] = {
             "video": labels.video, "split": labels.split, "n_frames": int(n),
-            "n_missing": int(n - int(present.astype(bool).sum())), "file": feat_rel,
+            "n_missing": int(n - int(present.astype(bool).sum())), "file": feat_rel, **extra,
         }
         self._index["people"] = dict(sorted(self._index["people"].items()))
         _write_index(self.path, self._index)

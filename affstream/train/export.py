@@ -14,6 +14,11 @@ the annotated person, e.g. ``video10_left``, as the organizers' crop folders):
 Frames without a face get the prediction of the nearest frame with one (ties go to
 the earlier frame); a person with no face at all gets the majority predicted class
 of the export (Neutral if none), no AU and (0, 0). Both are counted in the summary.
+
+Test-set people (``affstream features --test-list``, split ``Test_Set``) are exported
+like any other: every frame 1..n_frames of the bank. Those whose n_frames came from
+their last crop because no video was at hand (``"n_frames_source": "crops"``) are
+listed in the summary: frames after their last crop are not in the file.
 Files are written under temporary names and renamed once all are complete.
 """
 
@@ -70,6 +75,8 @@ def _decisions(person: PersonOutputs, task: str, thresholds: np.ndarray) -> np.n
 
 
 def _format(task: str, name: str, values: np.ndarray) -> list[str]:
+    if task == "va":
+        values = np.round(values, 6) + 0.0  # + 0.0 turns -0.0 into 0.0: no "-0.000000"
     lines = []
     for k, value in enumerate(values, start=1):
         if task == "expr":
@@ -129,7 +136,8 @@ def export_abaw(
     task: expr, au, va, all or None (= every task the head predicts).
     Returns ``{"files": {task: path}, "people": count, "frames": lines per file,
     "filled": frames filled from the nearest frame with a face, "people_without_face":
-    [names], "filled_without_face": frames of those people}``.
+    [names], "filled_without_face": frames of those people, "n_frames_from_crops":
+    [names whose frame count is their last crop number, not their video's]}``.
     Raises ConfigError for a head/bank backbone mismatch or a task the head lacks,
     DataError for unknown people or an empty split.
     """
@@ -173,9 +181,13 @@ def export_abaw(
     if filled or faceless:
         log.info("export: %d frame(s) filled from the nearest frame with a face; %d person(s) without any face",
                  filled, len(faceless))
+    from_crops = [n for n in names if bank.people[n].get("n_frames_source") == "crops"]
+    if from_crops:
+        log.warning("export: %d person(s) counted up to their last crop (no video when the bank was built); "
+                    "frames after it are missing: %s", len(from_crops), ", ".join(from_crops))
     return {"files": {t: str(p) for t, p in files.items()}, "people": len(names),
             "frames": len(lines[tasks[0]]) - 1, "filled": filled, "people_without_face": faceless,
-            "filled_without_face": faceless_frames}
+            "filled_without_face": faceless_frames, "n_frames_from_crops": from_crops}
 
 
 def _defaults(per_person: dict[str, dict[str, np.ndarray] | None], tasks: Sequence[str]) -> dict[str, np.ndarray]:

@@ -19,6 +19,16 @@ Two sources of face images:
       so far counts as infinitely far; with no history at all the frame stays missing
       for both sides), and the other side is missing in that frame.
 
+Test people (``test_list``: one name per line, ``VIDEO`` or ``VIDEO_left`` /
+``VIDEO_right``) have no annotation; they are stored with split ``Test_Set``, no
+labels, and one row per frame 1..n_frames, where n_frames is
+
+- source ``videos``: the number of frames decoded from the video;
+- source ``crops``: the decoded frame count of ``ROOT/videos/VIDEO.EXT`` when that file
+  exists, else the largest crop number (frames after the last crop cannot be known
+  without the video: logged, and recorded as ``"n_frames_source": "crops"`` in the
+  bank index so that export can report it).
+
 In both cases a frame with a label but no face keeps its row, marked missing
 (``present`` False, zero features): labels are never shifted. One person's failure
 (unreadable video, length mismatch) is logged and reported in the summary; the run
@@ -27,6 +37,7 @@ goes on with the others.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +47,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ..errors import AffstreamError, ConfigError, DataError
-from .affwild import SPLITS, PersonLabels, check_length, scan_affwild, side_of
+from .affwild import (SPLITS, TASK_DIRS, TEST_SPLIT, PersonLabels, check_length, read_test_list,
+                      scan_affwild, side_of, test_person)
 from .bank import DTYPES, SOURCES, BankWriter
 
 log = logging.getLogger("affstream")
@@ -49,6 +61,8 @@ _CROP_NAME = re.compile(r"^(\d+)$")
 _LOAD_THREADS = 4
 
 Progress = Callable[[str, int, int], None]
+_Result = tuple[PersonLabels, np.ndarray, np.ndarray, dict[str, Any]]
+"""A person ready for the bank: labels, features, present flags, extra index fields."""
 
 
 # --------------------------------------------------------------------------- crops
@@ -141,28 +155,82 @@ def embed_crops(backbone, crops: dict[int, Path], n_frames: int, batch_size: int
     return features, present
 
 
+def _missing_crop_dir(root: Path, labels: PersonLabels) -> DataError:
+    return DataError(f"{root / CROPS_DIR}: no crop folder '{labels.name}' or '{labels.video}'; "
+                     "check the dataset root or use --source videos")
+
+
 def _person_from_crops(root: Path, labels: PersonLabels, backbone, batch_size: int,
                        dtype: str) -> tuple[np.ndarray, np.ndarray]:
     crop_dir = find_crop_dir(root, labels)
     if crop_dir is None:
-        raise DataError(f"{root / CROPS_DIR}: no crop folder '{labels.name}' or '{labels.video}'; "
-                        "check the dataset root or use --source videos")
+        raise _missing_crop_dir(root, labels)
     crops = list_crops(crop_dir, labels.n_frames)
     return embed_crops(backbone, crops, labels.n_frames, batch_size, dtype)
+
+
+def largest_crop_number(crop_dir: Path) -> int:
+    """The largest frame number among the crop images of ``crop_dir``; DataError if none."""
+    numbers = [int(match.group(1)) for entry in crop_dir.iterdir()
+               if entry.suffix.lower() in CROP_EXTENSIONS and (match := _CROP_NAME.match(entry.stem))]
+    if not numbers or max(numbers) < 1:
+        raise DataError(f"{crop_dir}: no crop images, so the frame count is unknown; "
+                        f"put the video under {VIDEOS_DIR}/ or remove the name from the test list")
+    return max(numbers)
+
+
+def _test_person_from_crops(root: Path, name: str, backbone, batch_size: int, dtype: str) -> _Result:
+    """A test person from its crops; n_frames from its video if there, else its crops."""
+    person = test_person(name, 0)
+    crop_dir = find_crop_dir(root, person)
+    if crop_dir is None:
+        raise _missing_crop_dir(root, person)
+    video = video_file(root, person.video)
+    if video is not None:
+        n_frames, origin = count_video_frames(video), "video"
+        log.info("%s: %d frames decoded from %s", name, n_frames, video)
+    else:
+        n_frames, origin = largest_crop_number(crop_dir), "crops"
+        log.warning("%s: no video under %s, frame count %d taken from the last crop; faceless frames "
+                    "after it cannot be known without the video", name, root / VIDEOS_DIR, n_frames)
+    person = dataclasses.replace(person, n_frames=n_frames)
+    features, present = embed_crops(backbone, list_crops(crop_dir, n_frames), n_frames, batch_size, dtype)
+    return person, features, present, {"n_frames_source": origin}
 
 
 # --------------------------------------------------------------------------- videos
 
 
-def find_video(root: Path, video: str) -> Path:
-    """``ROOT/videos/VIDEO.EXT`` for a known video extension; DataError if none."""
+def video_file(root: Path, video: str) -> Path | None:
+    """``ROOT/videos/VIDEO.EXT`` for a known video extension, or None."""
     folder = root / VIDEOS_DIR
     for ext in VIDEO_EXTENSIONS:
         for candidate in (folder / f"{video}{ext}", folder / f"{video}{ext.upper()}"):
             if candidate.is_file():
                 return candidate
-    raise DataError(f"{folder}: no video file for '{video}' ({', '.join(VIDEO_EXTENSIONS)}); "
-                    "check the dataset root or use --source crops")
+    return None
+
+
+def find_video(root: Path, video: str) -> Path:
+    """``ROOT/videos/VIDEO.EXT`` for a known video extension; DataError if none."""
+    path = video_file(root, video)
+    if path is None:
+        raise DataError(f"{root / VIDEOS_DIR}: no video file for '{video}' ({', '.join(VIDEO_EXTENSIONS)}); "
+                        "check the dataset root or use --source crops")
+    return path
+
+
+def count_video_frames(path: Path) -> int:
+    """Number of frames :func:`affstream.io.decode.iter_frames` delivers for ``path``."""
+    from ..io.decode import count_frames
+    from ..records import DecodeStats
+
+    stats = DecodeStats()
+    count = count_frames(path, stats=stats)
+    if stats.errors:
+        log.warning("%s: %d decode error(s); its frame count %d may differ from the organizers'",
+                    path, stats.errors, count)
+    return count
 
 
 def _box_centres_areas(frame_faces) -> tuple[np.ndarray, np.ndarray]:
@@ -220,15 +288,15 @@ class PersonPicker:
 def _people_from_video(video_path: Path, people: list[PersonLabels], face_features_fn,
                        pipeline, backbone, device: str, dtype: str
                        ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]:
-    """Run the pipeline once over a video and gather each annotated person's features.
+    """Run the pipeline once over a video and gather each person's features.
 
-    Returns ``({name: (features (n_frames, D) dtype, present (n_frames,) bool)},
-    number of decoded frames)``. Frames beyond a person's annotation are ignored.
+    Returns ``({name: (features (n, D) dtype, present (n,) bool)}, number of decoded
+    frames)`` where n is the person's n_frames, or the number of decoded frames for a
+    ``Test_Set`` person. Frames beyond a person's annotation are ignored.
     """
     by_side = {side_of(p.name): p for p in people}
     picker = PersonPicker(by_side)
-    out = {p.name: (np.zeros((p.n_frames, backbone.feature_dim), dtype=dtype),
-                    np.zeros(p.n_frames, dtype=bool)) for p in people}
+    picked: dict[str, dict[int, np.ndarray]] = {p.name: {} for p in people}
     n_decoded = 0
     stream = face_features_fn(video_path, pipeline=pipeline, backbone=backbone, device=device)
     for frame_faces, feats in stream:
@@ -238,10 +306,18 @@ def _people_from_video(video_path: Path, people: list[PersonLabels], face_featur
         row = frame_faces.index - 1
         centres, areas = _box_centres_areas(frame_faces)
         for side, index in picker.pick(centres, areas).items():
-            features, present = out[by_side[side].name]
-            if index is not None and 0 <= row < len(present):
-                features[row] = feats[index]
-                present[row] = True
+            if index is not None and row >= 0:
+                picked[by_side[side].name][row] = np.asarray(feats[index], dtype=dtype)
+    out = {}
+    for person in people:
+        n = n_decoded if person.split == TEST_SPLIT else person.n_frames
+        features = np.zeros((n, backbone.feature_dim), dtype=dtype)
+        present = np.zeros(n, dtype=bool)
+        rows = [row for row in picked[person.name] if row < n]
+        if rows:
+            features[rows] = np.stack([picked[person.name][row] for row in rows])
+            present[rows] = True
+        out[person.name] = (features, present)
     return out, n_decoded
 
 
@@ -275,18 +351,23 @@ def build_feature_bank(
     dtype: str = "float16",
     pipeline: Any = "default",
     face_features_fn: Callable[..., Iterator[tuple[Any, np.ndarray]]] | None = None,
+    test_list: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Embed every annotated person under ``root`` into the feature bank ``out``.
+    """Embed every annotated person under ``root`` (and the test people of
+    ``test_list``) into the feature bank ``out``.
 
     Resumable: people already complete in ``out`` are skipped. ``progress(name, done,
     total)`` is called after each person (done counts skipped and failed people too).
     ``pipeline`` (preset name, path or PipelineConfig) and ``face_features_fn``
     (default ``affstream.api.iter_face_features``) are used by ``source="videos"``.
+    ``test_list``: a text file of test people (see the module docstring), stored with
+    split ``Test_Set`` and no labels; with it, ``root`` may hold no annotations at all.
 
     Returns a summary: ``{"people": total, "done": written now, "skipped": already in
     the bank, "failed": {name: message}, "frames": rows written, "missing": rows
-    without a face}``. Raises DataError / ConfigError for a bad root, source or a bank
-    built with another backbone; per-person problems go to ``failed``.
+    without a face}``. Raises DataError / ConfigError for a bad root, source, test list
+    (a listed person who is annotated in ``splits``) or a bank built with another
+    backbone; per-person problems go to ``failed``.
     """
     if source not in SOURCES:
         raise ConfigError(f"unknown feature source '{source}' (use crops or videos)")
@@ -295,8 +376,10 @@ def build_feature_bank(
     if dtype not in DTYPES:
         raise ConfigError(f"unknown feature dtype '{dtype}' (use {' or '.join(DTYPES)})")
     root = Path(root)
-    people = scan_affwild(root, splits=splits, tasks=tasks)
-    if not people:
+    splits, tasks = tuple(splits), tuple(tasks)
+    people = _scan(root, splits, tasks, allow_none=test_list is not None)
+    tests = read_test_list(test_list, people) if test_list is not None else []
+    if not people and not tests:
         raise DataError(f"{root}: no annotation files found in {', '.join(splits)}; check the dataset root")
 
     from ..embed.backbone import load_backbone
@@ -304,26 +387,42 @@ def build_feature_bank(
     bb = load_backbone(backbone, device, batch_size=batch_size, precision="auto")
     writer = BankWriter(out, backbone=str(bb.spec), backbone_sha256=bb.sha256,
                         feature_dim=bb.feature_dim, dtype=dtype, source=source)
-    summary: dict[str, Any] = {"people": len(people), "done": 0, "skipped": 0, "failed": {},
+    total = len(people) + len(tests)
+    summary: dict[str, Any] = {"people": total, "done": 0, "skipped": 0, "failed": {},
                                "frames": 0, "missing": 0}
-    counter = _Counter(len(people), progress)
+    counter = _Counter(total, progress)
 
     todo = [p for p in people.values() if not writer.has(p.name)]
-    summary["skipped"] = len(people) - len(todo)
-    for name in sorted(set(people) - {p.name for p in todo}):
+    test_todo = [name for name in tests if not writer.has(name)]
+    done_already = sorted(set(people) - {p.name for p in todo}) + [n for n in tests if n not in test_todo]
+    summary["skipped"] = len(done_already)
+    for name in done_already:
         counter.tick(name)
     if source == "crops":
         for person in todo:
-            _store(summary, writer, person, counter,
-                   lambda p=person: _person_from_crops(root, p, bb, batch_size, dtype))
+            _store(summary, writer, person.name, counter, lambda p=person: (
+                p, *_person_from_crops(root, p, bb, batch_size, dtype), {}))
+        for name in test_todo:
+            _store(summary, writer, name, counter,
+                   lambda n=name: _test_person_from_crops(root, n, bb, batch_size, dtype))
     else:
         fn = face_features_fn or _default_face_features_fn()
-        for video, group in _group_by_video(todo).items():
+        group_of = _group_by_video(todo + [test_person(name, 0) for name in test_todo])
+        for video, group in group_of.items():
             _store_video(summary, writer, root, video, group, counter, fn, pipeline, bb, device, dtype)
     if summary["failed"]:
-        log.error("%d of %d people failed: %s", len(summary["failed"]), len(people),
+        log.error("%d of %d people failed: %s", len(summary["failed"]), total,
                   "; ".join(summary["failed"].values()))
     return summary
+
+
+def _scan(root: Path, splits: tuple[str, ...], tasks: tuple[str, ...], allow_none: bool) -> dict[str, PersonLabels]:
+    """Annotated people of ``root``; with ``allow_none`` a root without any challenge
+    folder (a test-only root) gives none instead of a DataError."""
+    if allow_none and root.is_dir() and not any((root / TASK_DIRS[t]).is_dir() for t in tasks):
+        log.info("%s: no annotation folders; embedding the test list only", root)
+        return {}
+    return scan_affwild(root, splits=splits, tasks=tasks)
 
 
 class _Counter:
@@ -336,23 +435,22 @@ class _Counter:
             self.progress(name, self.done, self.total)
 
 
-def _record(summary: dict[str, Any], writer: BankWriter, person: PersonLabels,
-            features: np.ndarray, present: np.ndarray) -> None:
-    writer.add(person, features, present)
+def _record(summary: dict[str, Any], writer: BankWriter, result: _Result) -> None:
+    person, features, present, extra = result
+    writer.add(person, features, present, extra)
     summary["done"] += 1
     summary["frames"] += person.n_frames
     summary["missing"] += int(person.n_frames - present.sum())
     log.info("%s: %d frames, %d missing", person.name, person.n_frames, person.n_frames - present.sum())
 
 
-def _store(summary, writer, person, counter, compute) -> None:
+def _store(summary, writer, name: str, counter, compute: Callable[[], _Result]) -> None:
     try:
-        features, present = compute()
-        _record(summary, writer, person, features, present)
+        _record(summary, writer, compute())
     except AffstreamError as exc:
-        log.error("%s: %s", person.name, exc)
-        summary["failed"][person.name] = str(exc)
-    counter.tick(person.name)
+        log.error("%s: %s", name, exc)
+        summary["failed"][name] = str(exc)
+    counter.tick(name)
 
 
 def _store_video(summary, writer, root, video, group, counter, fn, pipeline, bb, device, dtype) -> None:
@@ -366,10 +464,12 @@ def _store_video(summary, writer, root, video, group, counter, fn, pipeline, bb,
             counter.tick(person.name)
         return
     for person in group:
-        _store(summary, writer, person, counter,
+        _store(summary, writer, person.name, counter,
                lambda p=person: _checked(p, n_decoded, path, results[p.name]))
 
 
-def _checked(person: PersonLabels, n_decoded: int, path: Path, result):
+def _checked(person: PersonLabels, n_decoded: int, path: Path, result) -> _Result:
+    if person.split == TEST_SPLIT:
+        return test_person(person.name, n_decoded), *result, {"n_frames_source": "video"}
     check_length(person, n_decoded, str(path))
-    return result
+    return person, *result, {}
