@@ -34,7 +34,8 @@ class DetectConfig:
     min_face_px:    smallest face searched for, in *source* pixels.
     thresholds:     P-Net, R-Net, O-Net score thresholds.
     min_score:      detections below this final score are dropped.
-    batch_frames:   frames detected together in one batched call.
+    batch_frames:   frames detected together in one batched call; 0 = by device (16 on
+                    CPU, 64 on CUDA: measured best on a 2-core CPU and an H100).
     """
 
     detect_size_px: int = 640
@@ -42,7 +43,7 @@ class DetectConfig:
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     pyramid_factor: float = 0.709
     min_score: float = 0.9
-    batch_frames: int = 32
+    batch_frames: int = 0
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,15 @@ import torch
 
 from .detect.align import align_faces
 from .detect.track import FaceTracker
+from .memory import release_free_memory
 from .profiling import StageTimes
 from .records import Frame, FrameFaces
 
 log = logging.getLogger("affstream")
+
+# Frames per detector call when DetectConfig.batch_frames is 0 (benchmarks/README).
+AUTO_DETECT_BATCH_CPU = 16
+AUTO_DETECT_BATCH_CUDA = 64
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,15 +98,19 @@ class FaceExtractor:
         self.config = stages.config
         self.device = stages.device
         self.times = times or StageTimes(stages.device)
+        auto = AUTO_DETECT_BATCH_CUDA if self.device.type == "cuda" else AUTO_DETECT_BATCH_CPU
+        self.detect_batch = self.config.detect.batch_frames or auto
 
     def iter_chunks(self, frames: Iterable[Frame]) -> Iterator[FaceChunk]:
         """Yield FaceChunks covering every frame of ``frames`` exactly once, in order."""
         tracker = FaceTracker(self.config.track)
         pool = _CropPool()
         batch_faces = max(1, self.config.embed.batch_size)
-        for batch in _chunked(frames, max(1, self.config.detect.batch_frames)):
+        for batch in _chunked(frames, self.detect_batch):
             tracked = self._detect_and_track(batch, tracker)
             crops = self._align(batch, tracked)
+            del batch  # the decoded images are no longer needed
+            release_free_memory()
             pool.add(tracked, crops)
             if pool.n_faces >= batch_faces:
                 yield self._embed(*pool.take())

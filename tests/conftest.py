@@ -116,3 +116,28 @@ def zero_byte_file(media_dir: Path) -> Path:
 def text_file(media_dir: Path) -> Path:
     """Plain text named notes.mp4."""
     return media.write_text_file(media_dir / "notes.mp4")
+
+
+# ------------------------------------------------------------------ environment
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _affstream_cache(tmp_path_factory):
+    """Derived caches (text embeddings of the zero-shot head) go to a temp dir, never
+    to the user's ~/.cache. Tests that need their own cache set AFFSTREAM_CACHE again."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("AFFSTREAM_CACHE", str(tmp_path_factory.mktemp("affstream-cache")))
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids contention
+    (use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

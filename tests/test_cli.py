@@ -13,11 +13,6 @@ from click.testing import CliRunner
 from affstream.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("AFFSTREAM_CACHE", str(tmp_path_factory.getbasetemp() / "cli-cache"))
-
-
 def run_cli(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 

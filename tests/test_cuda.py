@@ -37,14 +37,6 @@ def assert_same_faces(boxes_a, boxes_b, marks_a=None, marks_b=None):
     assert np.median(diffs) < 1.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AFFSTREAM_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
 def frames_of(path, step=6):
     import av
 

@@ -43,12 +43,7 @@ HEADERS = {
 VALUE = {"expr": r"[0-7]", "au": r"[01](,[01]){11}", "va": r"-?[01]\.\d{6},-?[01]\.\d{6}"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

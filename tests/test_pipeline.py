@@ -20,16 +20,8 @@ from media import VFR_PTS_MS
 from two_faces import make_two_face_clip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AFFSTREAM_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
 @pytest.fixture(scope="module")
-def smoke_stages(_cache):
+def smoke_stages():
     return load_stages(resolve_config("smoke", device="cpu"))
 
 

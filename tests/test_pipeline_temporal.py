@@ -22,8 +22,6 @@ LENGTH, STRIDE = 16, 10
 
 @pytest.fixture(scope="module")
 def temporal_setup(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AFFSTREAM_CACHE", str(tmp_path_factory.mktemp("cache")))
     base = load_stages(resolve_config("smoke", device="cpu"))
     torch.manual_seed(0)
     head = TemporalHead(base.backbone.feature_dim, ("va", "expr", "au"), d_model=32, n_layers=1, n_heads=2,
@@ -31,8 +29,7 @@ def temporal_setup(tmp_path_factory):
                         meaningful=False).eval()
     path = save_head(head, tmp_path_factory.mktemp("heads") / "temporal")
     stages = load_stages(resolve_config("smoke", device="cpu", head=str(path)), backbone=base.backbone)
-    yield base, stages, head
-    mp.undo()
+    return base, stages, head
 
 
 def offline_prediction(head, feats: np.ndarray):

@@ -17,13 +17,7 @@ SMALL = dict(d_model=32, tcn_dilations=(1, 2, 4), n_layers=2, n_heads=4)
 TASK_SETS = [c for r in (1, 2, 3) for c in itertools.combinations(("va", "expr", "au"), r)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: extra threads only add overhead on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_head(tasks=("va", "expr", "au"), seed=0, **kw) -> TemporalHead:

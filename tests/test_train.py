@@ -23,13 +23,7 @@ TINY_MLP = dict(width=32, dropout=0.1, batch_size=32, device="cpu")
 TINY_TEMPORAL = dict(d_model=16, dropout=0.1, lr=2e-3, window_length=24, window_stride=12, batch_size=4, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids contention."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +186,7 @@ def _same(a, b):
 def test_mlp_training_is_deterministic_and_writes_a_full_card(bank_path, tmp_path):
     a = train_head(bank_path, task="au", head="mlp", out=tmp_path / "a", epochs=2, seed=5, **TINY_MLP)
     b = train_head(bank_path, task="au", head="mlp", out=tmp_path / "b", epochs=2, seed=5, **TINY_MLP)
-    c = train_head(bank_path, task="au", head="mlp", out=tmp_path / "c", epochs=2, seed=6, **TINY_MLP)
+    train_head(bank_path, task="au", head="mlp", out=tmp_path / "c", epochs=2, seed=6, **TINY_MLP)
     assert _same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
     assert not _same(_weights(tmp_path / "a"), _weights(tmp_path / "c"))
     assert a["metrics"] == b["metrics"]

@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from affstream.train.bank import FeatureBank
 from affstream.train.loop import train_head
 from synth_affwild import make_feature_bank
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids contention."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _au_all_present_f1(bank_path) -> float:
