@@ -23,18 +23,14 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / (area(a) + area(b) - inter)
 
 
-def assert_same_faces(boxes_a, boxes_b, marks_a=None, marks_b=None):
-    """cuDNN convolutions use TF32 on Ampere+ GPUs, so a box near an NMS or threshold
-    boundary may resolve differently: require the same faces (IoU >= 0.9, landmarks
-    within 3% of the face width) and near-identical boxes on the typical face."""
-    diffs = []
+def assert_same_faces(boxes_a, boxes_b, marks_a=None, marks_b=None, tol_px=0.1):
+    """The detector runs its convolutions without TF32, so CUDA and CPU agree to a small
+    fraction of a pixel (measured: <= 0.012 px; with TF32 it was up to 2 px)."""
     for k, (a, b) in enumerate(zip(boxes_a, boxes_b)):
-        assert iou(a, b) >= 0.9, (k, a, b)
-        diffs.append(np.abs(a - b).max())
+        assert iou(a, b) >= 0.99, (k, a, b)
+        assert np.abs(a - b).max() <= tol_px, (k, a, b)
         if marks_a is not None:
-            width = a[2] - a[0]
-            assert np.abs(marks_a[k] - marks_b[k]).max() <= 0.03 * width, k
-    assert np.median(diffs) < 1.0
+            assert np.abs(marks_a[k] - marks_b[k]).max() <= tol_px, k
 
 
 def frames_of(path, step=6):
@@ -57,7 +53,7 @@ def test_mtcnn_cuda_matches_cpu(single_face_mp4, multi_face_jpg):
             assert len(a) == len(b)
             assert_same_faces([d.box_xyxy for d in a], [d.box_xyxy for d in b],
                               [d.landmarks for d in a], [d.landmarks for d in b])
-            assert max(abs(da.score - db.score) for da, db in zip(a, b)) < 1e-2
+            assert max(abs(da.score - db.score) for da, db in zip(a, b)) < 1e-4
 
 
 def test_backbone_autocast_close_to_fp32():
