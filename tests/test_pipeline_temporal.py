@@ -72,3 +72,26 @@ def test_head_from_another_backbone_is_refused(single_face_jpg, tmp_path, tempor
     path = save_head(head, tmp_path / "other")
     with pytest.raises(ConfigError, match="ViT-B-32:openai"):
         load_stages(resolve_config("smoke", device="cpu", head=str(path)), backbone=base.backbone)
+
+
+def test_mlp_head_in_annotate_uses_its_card(single_face_mp4, tmp_path, temporal_setup):
+    import dataclasses
+
+    from affstream.heads.mlp import MLPHead
+
+    base, _, _ = temporal_setup
+    torch.manual_seed(1)
+    head = MLPHead(base.backbone.feature_dim, ("au",), width=16, dropout=0.0, backbone=str(base.backbone.spec),
+                   meaningful=False).eval()
+    head.card = dataclasses.replace(head.card, au_thresholds=(0.0,) * 6 + (1.0,) * 6)
+    path = save_head(head, tmp_path / "mlp")
+    stages = load_stages(resolve_config("smoke", device="cpu", head=str(path)), backbone=base.backbone)
+    rows = list(affstream.annotate(single_face_mp4, stages=stages))
+    assert len(rows) == 72
+    assert all(r.expr_probs is None and r.valence is None for r in rows)  # AU-only head
+    present = np.stack([r.au_present for r in rows])
+    assert present[:, :6].all() and not present[:, 6:].any()  # thresholds read from the card
+    feats = np.concatenate([f for _, f in iter_face_features(single_face_mp4, stages=base)])
+    with torch.inference_mode():
+        expected = torch.sigmoid(head(torch.from_numpy(feats)).au_logits).numpy()
+    np.testing.assert_allclose(np.stack([r.au_probs for r in rows]), expected, atol=1e-5)
