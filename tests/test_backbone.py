@@ -165,7 +165,7 @@ def test_offline_tag_fails_fast_with_instructions(isolated_hf_cache, monkeypatch
     message = str(info.value)
     assert "AFFSTREAM_OFFLINE" in message
     assert "open_clip.create_model('ViT-B-32', pretrained='openai')" in message
-    assert "--backbone ViT-B-32:/path/to/open_clip_weights" in message
+    assert "--backbone ViT-B-32-quickgelu:/path/to/open_clip_weights" in message
 
 
 def test_unreachable_hub_fails_fast(isolated_hf_cache, monkeypatch):

@@ -472,10 +472,12 @@ def _missing_weights_message(spec: BackboneSpec, reason: str, *, offline: bool =
         f"pretrained='{spec.source}')\""
     )
     tail = "" if offline else ", or set AFFSTREAM_OFFLINE=1 to never try the network"
+    # OpenAI's weights use QuickGELU; a local file must name the matching architecture.
+    file_arch = f"{spec.arch}-quickgelu" if spec.source == "openai" and "quickgelu" not in spec.arch else spec.arch
     return (
         f"backbone {spec}: weights are not in the local cache and cannot be downloaded "
         f"({reason}); run once on a connected machine: {one_liner} (then copy its Hugging "
-        f"Face cache, ~/.cache/huggingface), or pass --backbone {spec.arch}:/path/to/"
+        f"Face cache, ~/.cache/huggingface), or pass --backbone {file_arch}:/path/to/"
         f"open_clip_weights{tail}"
     )
 
