@@ -22,7 +22,7 @@ import numpy as np
 
 from . import __version__
 from .config import PipelineConfig, load_pipeline
-from .errors import SourceError
+from .errors import ConfigError, SourceError
 from .profiling import StageTimes
 from .records import DecodeStats, Frame, FrameAnnotation, FrameFaces, VideoInfo
 
@@ -171,12 +171,18 @@ class AnnotationRun:
         }
 
 
-def _stages_for(config: PipelineConfig, stages):
-    if stages is not None:
-        return stages
-    from .pipeline import load_stages
+def _stages_for(config_options: dict[str, Any], stages):
+    """``stages`` as given (checked), or new stages from the options."""
+    if stages is None:
+        from .pipeline import load_stages
 
-    return load_stages(config)
+        return load_stages(resolve_config(**config_options))
+    given = [k for k, v in config_options.items() if v is not None and k != "pipeline"]
+    if given:
+        raise ConfigError(f"annotate(): give either stages= or model options ({', '.join(given)}), not both")
+    if stages.head is None:
+        raise ConfigError("annotate(): these stages were loaded without a head (with_head=False)")
+    return stages
 
 
 def annotate(
@@ -192,11 +198,11 @@ def annotate(
 ) -> AnnotationRun:
     """Annotate one video lazily: returns an :class:`AnnotationRun` to iterate.
 
-    ``stages`` (from :func:`affstream.pipeline.load_stages`) overrides the other model
-    options and lets many videos share loaded models.
+    ``stages`` (from :func:`affstream.pipeline.load_stages`) lets many videos share
+    loaded models; it cannot be combined with the model options.
     """
-    config = resolve_config(pipeline, backbone=backbone, head=head, device=device, batch_size=batch_size)
-    return AnnotationRun(source, _stages_for(config, stages), on_frame=on_frame)
+    options = dict(pipeline=pipeline, backbone=backbone, head=head, device=device, batch_size=batch_size)
+    return AnnotationRun(source, _stages_for(options, stages), on_frame=on_frame)
 
 
 @dataclass(frozen=True)
@@ -207,9 +213,28 @@ class AnnotationFiles:
 
 
 def output_paths(source: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """``OUT/<stem>.csv`` and ``OUT/<stem>.json`` for ``source``."""
     stem = Path(source).stem
     out = Path(out_dir)
     return out / f"{stem}.csv", out / f"{stem}.json"
+
+
+def check_outputs(sources: list[str | Path], out_dir: str | Path) -> None:
+    """Fail early (ConfigError) if ``out_dir`` cannot be created or two sources would
+    write the same output files."""
+    seen: dict[Path, str] = {}
+    for source in sources:
+        csv_path, _ = output_paths(source, out_dir)
+        if csv_path in seen:
+            raise ConfigError(
+                f"{source} and {seen[csv_path]} would both write {csv_path.name}; "
+                "annotate them into different output directories or rename one"
+            )
+        seen[csv_path] = str(source)
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{out_dir}: cannot create the output directory ({exc.strerror or exc})") from None
 
 
 def annotate_to_files(source: str | Path, out_dir: str | Path, **options: Any) -> AnnotationFiles:
@@ -227,12 +252,14 @@ def write_run(run: AnnotationRun, out_dir: str | Path) -> AnnotationFiles:
     from .writers.report import write_report
 
     csv_path, json_path = output_paths(run.path, out_dir)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    check_outputs([run.path], out_dir)
+    # The CSV is committed last, after the report: an interruption anywhere before
+    # leaves neither file (or only a previous run's) under the final names.
     with CsvWriter(csv_path) as writer:
         for row in run:
             writer.write(row)
-    report = run.report({"csv": csv_path.name, "json": json_path.name})
-    write_report(json_path, report)
+        report = run.report({"csv": csv_path.name, "json": json_path.name})
+        write_report(json_path, report)
     return AnnotationFiles(csv_path, json_path, report)
 
 
@@ -255,11 +282,12 @@ def iter_face_features(
     from .io.prefetch import prefetch
     from .pipeline import load_stages
 
-    spec = backbone if isinstance(backbone, str) else None
-    config = resolve_config(pipeline, backbone=spec, device=device)
     if stages is None:
+        spec = backbone if isinstance(backbone, str) else None
+        config = resolve_config(pipeline, backbone=spec, device=device)
         loaded = None if isinstance(backbone, str) else backbone
         stages = load_stages(config, backbone=loaded, with_head=False)
+    config = stages.config
     probe(video)
     stats = stats if stats is not None else DecodeStats()
     frames = prefetch(iter_frames(video, stats=stats, threads=config.decode.threads), maxsize=config.decode.queue_frames)

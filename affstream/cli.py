@@ -81,22 +81,30 @@ def annotate(videos, out_dir, pipeline, backbone, head, device, batch_size) -> N
     """Annotate VIDEOS: one CSV row per face per frame, plus a JSON report per video."""
     from .errors import AffstreamError
 
+    console = _stderr_console()
     try:
-        from .api import resolve_config
+        from .api import check_outputs, resolve_config
+
+        check_outputs(list(videos), out_dir)
+        config = resolve_config(pipeline, backbone=backbone, head=head, device=device, batch_size=batch_size)
+    except AffstreamError as exc:
+        _fail(str(exc))
+    readable = [v for v in videos if _exists_or_report(v, console)]
+    failures = len(videos) - len(readable)
+    if not readable:
+        sys.exit(EXIT_INPUT_FAILED)
+    try:
         from .pipeline import load_stages
 
-        config = resolve_config(pipeline, backbone=backbone, head=head, device=device, batch_size=batch_size)
         stages = load_stages(config)
     except AffstreamError as exc:
         _fail(str(exc))
-    console = _stderr_console()
     if not stages.meaningful:
         from .api import MEANINGLESS_WARNING
 
         console.print(f"[yellow]warning:[/] {MEANINGLESS_WARNING}")
-    failures = 0
     try:
-        for video in videos:
+        for video in readable:
             failures += not _annotate_one(video, out_dir, stages, console)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]: no partial output was left under a final name")
@@ -104,6 +112,15 @@ def annotate(videos, out_dir, pipeline, backbone, head, device, batch_size) -> N
     if failures:
         console.print(f"[red]{failures} of {len(videos)} input(s) failed[/]")
         sys.exit(EXIT_INPUT_FAILED)
+
+
+def _exists_or_report(video: Path, console) -> bool:
+    """Cheap check before any model is loaded: a missing input fails on its own."""
+    if video.is_file():
+        return True
+    problem = "is a directory; give video files" if video.is_dir() else "no such file"
+    console.print(f"[bold red]error:[/] {video}: {problem}", soft_wrap=True)
+    return False
 
 
 def _annotate_one(video: Path, out_dir: Path, stages, console) -> bool:

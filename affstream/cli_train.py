@@ -156,15 +156,17 @@ def train_command(features_dir, task, head_kind, out, resume, device, seed, **op
 @click.option("--features", "features_dir", required=True, type=click.Path(path_type=Path), help="Feature bank folder.")
 @click.option("--head", "head_path", required=True, type=click.Path(path_type=Path), help="Head checkpoint (OUT or OUT.safetensors).")
 @click.option("--split", default="Validation_Set", show_default=True, help="Bank split to score.")
-@click.option("--tune-thresholds", is_flag=True, help="Tune per-AU thresholds on this split and store them in the head card.")
+@click.option("--tune-thresholds", is_flag=True, help="Tune per-AU thresholds (on --tune-split) and store them in the head card.")
+@click.option("--tune-split", default="Train_Set", show_default=True, help="Split the AU thresholds are tuned on; tuning on the evaluated split makes its score optimistic.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def evaluate_command(features_dir, head_path, split, tune_thresholds, device) -> None:
+def evaluate_command(features_dir, head_path, split, tune_thresholds, tune_split, device) -> None:
     """Print the ABAW metrics of HEAD on a split as one JSON object on stdout."""
     from .errors import AffstreamError
     from .train.evaluate import evaluate_head
 
     try:
-        result = evaluate_head(features_dir, head_path, split=split, tune_thresholds=tune_thresholds, device=device)
+        result = evaluate_head(features_dir, head_path, split=split, tune_thresholds=tune_thresholds,
+                               tune_split=tune_split, device=device)
     except AffstreamError as exc:
         _fail(str(exc))
     click.echo(json.dumps(result))

@@ -7,8 +7,9 @@ live source) and yields :class:`FaceChunk` records: a run of consecutive frames 
 their tracked faces and one feature row per face, still on the device.
 
 Batching: frames are detected ``detect.batch_frames`` at a time; the aligned crops of
-several detection batches are pooled until ``embed.batch_size`` faces are waiting, so
-the backbone sees large batches whatever the number of faces per frame. Decoded images
+several detection batches are pooled until ``embed.batch_size`` faces (or
+``MAX_POOLED_FRAMES`` frames) are waiting, so the backbone sees large batches whatever
+the number of faces per frame. Decoded images
 are dropped as soon as their crops are taken: memory does not grow with video length.
 """
 
@@ -32,6 +33,8 @@ log = logging.getLogger("affstream")
 # Frames per detector call when DetectConfig.batch_frames is 0 (benchmarks/README).
 AUTO_DETECT_BATCH_CPU = 16
 AUTO_DETECT_BATCH_CUDA = 64
+# Frames waiting for their backbone batch before a smaller batch is embedded anyway.
+MAX_POOLED_FRAMES = 256
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,8 +79,13 @@ class _CropPool:
 
 
 def _chunked(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    """Batches of up to ``size`` consecutive frames of one image size (a stream whose
+    resolution changes mid-way starts a new batch at the change)."""
     batch: list[Frame] = []
     for frame in frames:
+        if batch and frame.image.shape != batch[0].image.shape:
+            yield batch
+            batch = []
         batch.append(frame)
         if len(batch) >= size:
             yield batch
@@ -112,7 +120,9 @@ class FaceExtractor:
             del batch  # the decoded images are no longer needed
             release_free_memory()
             pool.add(tracked, crops)
-            if pool.n_faces >= batch_faces:
+            # faceless stretches must not wait for a full backbone batch: rows flow and
+            # memory stays bounded whatever the video holds
+            if pool.n_faces >= batch_faces or len(pool.frames) >= MAX_POOLED_FRAMES:
                 yield self._embed(*pool.take())
         if pool.frames:
             yield self._embed(*pool.take())
@@ -138,7 +148,8 @@ class FaceExtractor:
             images = np.stack([batch[k].image for k in used])
             frames = torch.from_numpy(images).to(self.device, non_blocking=True)
             frames = frames.permute(0, 3, 1, 2)
-            landmarks = np.stack([face.detection.landmarks for ff in tracked for face in ff.faces])
+            # detections use pixel-edge coordinates, align_faces pixel-centre ones
+            landmarks = np.stack([face.detection.landmarks for ff in tracked for face in ff.faces]) - 0.5
             return align_faces(
                 frames,
                 torch.as_tensor([remap[k] for k in slots], device=self.device),

@@ -36,7 +36,8 @@ class Stages:
     @property
     def meaningful(self) -> bool:
         """False when any model producing the outputs has random weights."""
-        return bool(self.backbone.meaningful and self.head.card.meaningful)
+        head_ok = self.head is None or self.head.card.meaningful
+        return bool(self.backbone.meaningful and head_ok)
 
 
 def load_head(spec: str, backbone, device: torch.device) -> tuple[AffectHead, dict[str, Any]]:

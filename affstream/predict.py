@@ -67,28 +67,13 @@ def pack_outputs(outputs: HeadOutputs, tasks: tuple[str, ...]) -> torch.Tensor:
 
 def unpack_scores(scores: np.ndarray, tasks: tuple[str, ...]) -> Prediction:
     """Inverse of :func:`pack_outputs` on the host, as probabilities: (N, C) -> Prediction."""
-    out: dict[str, np.ndarray] = {}
+    parts: dict[str, torch.Tensor] = {}
     col = 0
     for task in _TASK_ORDER:
-        if task not in tasks:
-            continue
-        out[task] = scores[:, col : col + _TASK_WIDTH[task]]
-        col += _TASK_WIDTH[task]
-    expr = au = va = None
-    if "expr" in out:
-        z = out["expr"] - out["expr"].max(axis=1, keepdims=True)
-        e = np.exp(z)
-        expr = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-    if "au" in out:
-        au = (1.0 / (1.0 + np.exp(-out["au"]))).astype(np.float32)
-    if "va" in out:
-        va = np.clip(out["va"], -1.0, 1.0).astype(np.float32)
-    return Prediction(
-        valence=None if va is None else va[:, 0].copy(),
-        arousal=None if va is None else va[:, 1].copy(),
-        expr_probs=expr,
-        au_probs=au,
-    )
+        if task in tasks:
+            parts[task] = torch.from_numpy(np.ascontiguousarray(scores[:, col : col + _TASK_WIDTH[task]]))
+            col += _TASK_WIDTH[task]
+    return to_prediction(HeadOutputs(va=parts.get("va"), expr_logits=parts.get("expr"), au_logits=parts.get("au")))
 
 
 class FramePredictor:
@@ -174,13 +159,9 @@ class WindowPredictor:
                 self._store(self.stitcher.add(window, window_scores[: len(window.frame_index)]))
 
     def _run_head(self, windows: list) -> np.ndarray:
-        dim = windows[0].features.shape[1]
-        feats = np.zeros((len(windows), self.length, dim), dtype=np.float32)
-        mask = np.zeros((len(windows), self.length), dtype=bool)
-        for b, window in enumerate(windows):
-            n = len(window.frame_index)
-            feats[b, :n] = window.features
-            mask[b, :n] = True
+        from .temporal.buffer import stack_windows
+
+        feats, mask = stack_windows(windows, self.length)
         with self.times.time("head"), torch.inference_mode():
             out = self.head(torch.from_numpy(feats).to(self.device), torch.from_numpy(mask).to(self.device))
             return pack_outputs(out, self.tasks).cpu().numpy()

@@ -90,6 +90,9 @@ class Detection:
     score:     detector confidence in [0, 1].
     landmarks: (5, 2) float32 (x, y) pixels: left eye, right eye, nose tip,
                left mouth corner, right mouth corner ("left" = image left).
+
+    Both use pixel-edge coordinates: x = 0 is the frame's left edge and pixel i spans
+    [i, i + 1] (its centre is at i + 0.5).
     """
 
     box_xyxy: np.ndarray

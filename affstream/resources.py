@@ -28,9 +28,12 @@ def shipped_dir(name: str) -> Path:
 def cache_dir() -> Path:
     """Per-user cache for downloaded or derived artefacts ($XDG_CACHE_HOME/affstream).
 
-    ``AFFSTREAM_CACHE`` overrides the location. The directory is created on demand.
+    ``AFFSTREAM_CACHE`` overrides the location. The directory is created on demand;
+    ConfigError if it cannot be.
     """
     import os
+
+    from .errors import ConfigError
 
     root = os.environ.get("AFFSTREAM_CACHE")
     if root:
@@ -38,5 +41,11 @@ def cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         path = Path(base) / "affstream"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use cache directory {path} ({exc.strerror or exc}); "
+            "set AFFSTREAM_CACHE to a writable directory"
+        ) from None
     return path

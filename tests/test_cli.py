@@ -46,7 +46,7 @@ def test_smoke_annotate_writes_csv_and_json(single_face_mp4, tmp_path):
     "fixture_name, expect",
     [
         ("zero_byte_file", "empty"),
-        ("text_file", ""),
+        ("text_file", "not a readable video"),
         ("audio_only_file", "no video stream"),
     ],
 )
@@ -99,3 +99,46 @@ def test_offline_backbone_fails_fast_with_instructions(single_face_jpg, tmp_path
     assert result.exit_code == 2
     line = one_line_error(result, "ViT-B-32")
     assert "--backbone" in line or "weights" in line.lower()
+
+
+def test_two_inputs_with_one_stem_are_refused_before_work(single_face_jpg, tmp_path):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    twin = other / single_face_jpg.name
+    twin.write_bytes(single_face_jpg.read_bytes())
+    out = tmp_path / "out"
+    result = run_cli("annotate", str(single_face_jpg), str(twin), "-o", str(out), "--pipeline", "smoke")
+    assert result.exit_code == 2
+    one_line_error(result, "single_face.csv")
+    assert not any(out.glob("*.csv"))
+
+
+def test_unusable_output_directory_exits_2(single_face_jpg, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    result = run_cli("annotate", str(single_face_jpg), "-o", str(blocker / "sub"), "--pipeline", "smoke")
+    assert result.exit_code == 2
+    one_line_error(result, "afile")
+
+
+def test_unusable_cache_directory_exits_2(single_face_jpg, tmp_path, monkeypatch):
+    blocker = tmp_path / "cachefile"
+    blocker.write_text("x")
+    monkeypatch.setenv("AFFSTREAM_CACHE", str(blocker / "cache"))
+    result = run_cli("annotate", str(single_face_jpg), "-o", str(tmp_path / "out"), "--pipeline", "smoke", "--device", "cpu")
+    assert result.exit_code == 2
+    line = one_line_error(result, "cachefile")
+    assert "AFFSTREAM_CACHE" in line
+
+
+def test_all_inputs_missing_exits_1_without_loading_models(tmp_path, monkeypatch):
+    import affstream.pipeline
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("models loaded although no input exists")
+
+    monkeypatch.setattr(affstream.pipeline, "load_stages", no_models)
+    result = run_cli("annotate", str(tmp_path / "a.mp4"), str(tmp_path), "-o", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    one_line_error(result, "a.mp4")
+    assert "is a directory" in result.stderr

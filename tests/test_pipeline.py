@@ -128,3 +128,51 @@ def test_interrupted_run_leaves_no_final_file(single_face_mp4, tmp_path, smoke_s
     with pytest.raises(KeyboardInterrupt):
         annotate_to_files(single_face_mp4, tmp_path, stages=stages)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resolution_change_mid_stream(tmp_path, smoke_stages):
+    """Two MPEG-TS segments of different sizes joined byte-wise (as a live encoder
+    switching resolution produces): every frame is annotated, none is lost."""
+    import av
+
+    parts = []
+    for k, (width, height, count) in enumerate(((320, 240, 7), (480, 360, 9))):
+        path = tmp_path / f"part{k}.ts"
+        with av.open(str(path), "w", format="mpegts") as container:
+            stream = container.add_stream("mpeg2video", rate=25)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for i in range(count):
+                image = np.full((height, width, 3), 40 + 10 * i, dtype=np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        parts.append(path.read_bytes())
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(parts))
+    expected = decoded_count(joined)
+    assert expected >= 14
+    run = affstream.annotate(joined, stages=smoke_stages)
+    rows = list(run)
+    assert [r.frame for r in rows] == list(range(1, expected + 1))
+
+
+def test_faceless_stretches_are_not_held_back(no_face_mp4, smoke_stages, monkeypatch):
+    from affstream import faces
+    from affstream.faces import FaceExtractor
+
+    monkeypatch.setattr(faces, "MAX_POOLED_FRAMES", 32)
+    frames = iter_frames(no_face_mp4, stats=DecodeStats())
+    chunks = list(FaceExtractor(smoke_stages).iter_chunks(frames))
+    assert len(chunks) >= 3
+    assert max(len(c.frames) for c in chunks) <= 32 + 16
+
+
+def test_stages_and_model_options_are_exclusive(single_face_jpg, smoke_stages):
+    from affstream.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="head"):
+        affstream.annotate(single_face_jpg, stages=smoke_stages, head="zeroshot")
+    no_head = load_stages(resolve_config("smoke", device="cpu"), backbone=smoke_stages.backbone, with_head=False)
+    with pytest.raises(ConfigError, match="without a head"):
+        affstream.annotate(single_face_jpg, stages=no_head)

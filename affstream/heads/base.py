@@ -171,15 +171,28 @@ def save_head(head: AffectHead, path: str | Path) -> Path:
     """Write ``head`` as safetensors + JSON card, atomically (temp name, then rename)."""
     from safetensors.torch import save_file
 
+    import os
+    import uuid
+
     weights, card_path = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    tmp_w = weights.with_name(weights.name + ".tmp")
-    tmp_c = card_path.with_name(card_path.name + ".tmp")
-    save_file(state, str(tmp_w), metadata={"affstream_card_version": str(CARD_VERSION)})
-    tmp_c.write_text(head.card.to_json() + "\n", encoding="utf-8")
-    tmp_w.replace(weights)
-    tmp_c.replace(card_path)
+    token = uuid.uuid4().hex[:8]  # concurrent saves never share a temp name
+    tmp_w = weights.with_name(f".{weights.name}.{token}.tmp")
+    tmp_c = card_path.with_name(f".{card_path.name}.{token}.tmp")
+    try:
+        save_file(state, str(tmp_w), metadata={"affstream_card_version": str(CARD_VERSION)})
+        tmp_c.write_text(head.card.to_json() + "\n", encoding="utf-8")
+        for tmp in (tmp_w, tmp_c):
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        # weights first, card last; a card that does not fit the weights beside it is
+        # refused at load time (build_from_card checks the shapes)
+        tmp_w.replace(weights)
+        tmp_c.replace(card_path)
+    finally:
+        tmp_w.unlink(missing_ok=True)
+        tmp_c.unlink(missing_ok=True)
     return weights
 
 

@@ -264,9 +264,9 @@ def _read_cache(path: Path, dim: int) -> dict[str, torch.Tensor] | None:
 def _write_cache(path: Path, tensors: dict[str, torch.Tensor], key: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent runs never collide
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
         save_file(cpu, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
         tmp.replace(path)

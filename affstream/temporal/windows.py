@@ -26,11 +26,11 @@ weights of a frame are normalised to sum to one, so a frame covered by one windo
 gets exactly that window's output.
 
 What is stitched: the head's **raw scores** (VA values, expression logits, AU
-logits), never probabilities. Averaging logits is a product of the windows'
-distributions (renormalised), which keeps a confident window confident; it keeps
-:func:`affstream.heads.base.to_prediction` the one place where scores become
-probabilities; and VA values in ``[-1, 1]`` stay in range under a convex
-combination.
+logits), never probabilities. A weighted mean of logits is a weighted geometric mean
+of the windows' distributions (renormalised), which keeps a confident window
+confident; probabilities are formed once, after stitching, by
+:func:`affstream.heads.base.to_prediction`; and VA values in ``[-1, 1]`` stay in range
+under a convex combination.
 
 :mod:`affstream.temporal.buffer` gives the same windows and the same stitched
 values (bit for bit) while frames stream in.

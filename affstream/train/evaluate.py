@@ -8,10 +8,13 @@ Predictions are made per person on its *present* frames (those with a face):
   card's window length/stride, batched, and merged with ``stitch_windows`` -- the
   same rule the annotate pipeline applies through its streaming buffer.
 
-Scoring pools every annotated, present frame of the split (ABAW: all frames
-pooled). An annotated frame without a face has no prediction and is not scored;
-their number is reported as ``n_unscored``. A frame counts for AU only when all 12
-AUs are annotated (:func:`affstream.metrics.au_valid`).
+Scoring follows the ABAW protocol: every annotated frame of the split is scored,
+pooled over people. An annotated frame without a face takes the prediction of the
+nearest frame with one (ties: the earlier), exactly as an ABAW submission written by
+:mod:`affstream.train.export` does; their number is reported as ``n_filled``. A
+person without any face gets neutral scores (expression logits 0, every AU absent,
+VA 0). A frame counts for AU only when all 12 AUs are annotated
+(:func:`affstream.metrics.au_valid`).
 """
 
 from __future__ import annotations
@@ -127,15 +130,36 @@ def predict_people(head: AffectHead, bank: FeatureBank, names: Sequence[str],
 
 @dataclass
 class Pooled:
-    """Annotated, present frames of a split pooled over people, per task.
+    """Annotated frames of a split pooled over people, per task.
 
     truth: task -> expr (N,) int64 / au (N, 12) int8 / va (N, 2) float; scores: raw
-    scores at the same frames; unscored: task -> annotated frames without a face.
+    scores for the same frames; filled: task -> annotated frames without a face, whose
+    scores come from the nearest frame with one.
     """
 
     truth: dict[str, np.ndarray]
     scores: dict[str, np.ndarray]
-    unscored: dict[str, int]
+    filled: dict[str, int]
+
+
+FACELESS_AU_LOGIT = -20.0
+"""AU score of a person without any face: absent (as the export writes 0)."""
+
+
+def nearest_present(present: np.ndarray) -> np.ndarray | None:
+    """For each frame row, the row of the nearest present frame (ties: the earlier).
+
+    present: (n,) bool. Returns (n,) int64, or None when no frame is present.
+    """
+    rows = np.flatnonzero(present)
+    if rows.size == 0:
+        return None
+    frames = np.arange(len(present))
+    pos = np.searchsorted(rows, frames)  # first present row >= frame
+    after = rows[np.minimum(pos, rows.size - 1)]
+    before = rows[np.maximum(pos - 1, 0)]
+    use_before = (pos > 0) & ((pos == rows.size) | (frames - before <= after - frames))
+    return np.where(use_before, before, after).astype(np.int64)
 
 
 def _annotated(task: str, labels: np.ndarray) -> np.ndarray:
@@ -146,23 +170,38 @@ def _annotated(task: str, labels: np.ndarray) -> np.ndarray:
     return np.isfinite(labels).all(axis=1)
 
 
+def _scores_at(person: PersonOutputs, task: str, frames: np.ndarray) -> np.ndarray:
+    """Raw scores of ``task`` at 0-based frame rows, faceless frames filled (see module)."""
+    present = np.zeros(person.n_frames, dtype=bool)
+    present[person.rows] = True
+    source = nearest_present(present)
+    if source is None:
+        faceless = np.zeros((len(frames), _width(task)), dtype=np.float64)
+        if task == "au":
+            faceless[:] = FACELESS_AU_LOGIT
+        return faceless
+    position = np.searchsorted(person.rows, source[frames])  # frame row -> index among present
+    return person.scores[task][position]
+
+
 def pool(bank: FeatureBank, outputs: Sequence[PersonOutputs], tasks: Sequence[str]) -> Pooled:
-    """Pair each person's predictions with its labels at annotated, present frames."""
+    """Pair each person's predictions with its labels at every annotated frame."""
     truth: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
     scores: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
-    unscored = {t: 0 for t in tasks}
+    filled = {t: 0 for t in tasks}
     for person in outputs:
         labels = person_labels(bank, person.name, tasks)
+        present = np.zeros(person.n_frames, dtype=bool)
+        present[person.rows] = True
         for t in tasks:
-            annotated = _annotated(t, labels[t])
-            keep = annotated[person.rows]
-            truth[t].append(labels[t][person.rows[keep]])
-            scores[t].append(person.scores[t][keep])
-            unscored[t] += int(annotated.sum() - keep.sum())
+            frames = np.flatnonzero(_annotated(t, labels[t]))
+            truth[t].append(labels[t][frames])
+            scores[t].append(_scores_at(person, t, frames))
+            filled[t] += int((~present[frames]).sum())
     return Pooled(
         {t: np.concatenate(v) if v else np.zeros((0,)) for t, v in truth.items()},
         {t: np.concatenate(v) if v else np.zeros((0, _width(t))) for t, v in scores.items()},
-        unscored,
+        filled,
     )
 
 
@@ -176,8 +215,9 @@ def score(pooled: Pooled, tasks: Sequence[str], au_thresholds: Sequence[float] |
     Keys per task: expr -> ``expr_f1`` (macro over 8) and ``expr_f1_per_class``
     {label: F1}; au -> ``au_f1`` (mean over 12) and ``au_f1_per_au`` {AU: F1} with
     presence = sigmoid(logit) >= threshold; va -> ``va_ccc`` (mean), ``va_ccc_valence``,
-    ``va_ccc_arousal``. Plus ``n_frames`` {task: scored frames} and ``n_unscored``
-    {task: annotated frames without a face}. A task with no scored frame raises DataError.
+    ``va_ccc_arousal``. Plus ``n_frames`` {task: scored frames} and ``n_filled``
+    {task: scored frames without a face, filled from the nearest face}. A task with no
+    scored frame raises DataError.
     """
     result: dict[str, Any] = {}
     if "expr" in tasks:
@@ -193,7 +233,7 @@ def score(pooled: Pooled, tasks: Sequence[str], au_thresholds: Sequence[float] |
         mean, valence, arousal = metrics.va_ccc(pooled.truth["va"], pooled.scores["va"])
         result.update(va_ccc=mean, va_ccc_valence=valence, va_ccc_arousal=arousal)
     result["n_frames"] = {t: int(len(pooled.truth[t])) for t in tasks}
-    result["n_unscored"] = dict(pooled.unscored)
+    result["n_filled"] = dict(pooled.filled)
     return result
 
 
@@ -241,16 +281,18 @@ def evaluate_head(
     *,
     split: str = "Validation_Set",
     tune_thresholds: bool = False,
+    tune_split: str = "Train_Set",
     device: str = "auto",
 ) -> dict[str, Any]:
     """Score a trained head on one split of a feature bank.
 
     Returns a JSON-ready dict: ``expr_f1`` / ``au_f1`` / ``va_ccc`` (whichever the head
     predicts) with their per-class values (see :func:`score`), ``n_frames``,
-    ``n_unscored``, ``split`` and ``people``. With ``tune_thresholds`` (AU heads) the
-    per-AU thresholds are tuned on this split (:func:`metrics.tune_au_thresholds`),
-    written to the head's card atomically and used for the reported AU F1 (which is
-    therefore optimistic on this split); they are returned as ``au_thresholds``.
+    ``n_filled``, ``split`` and ``people``. With ``tune_thresholds`` (AU heads) the
+    per-AU thresholds are tuned on ``tune_split`` (:func:`metrics.tune_au_thresholds`),
+    written to the head's card atomically (with ``au_thresholds_tuned_on`` in its
+    metrics) and used for the reported AU F1; they are returned as ``au_thresholds``.
+    Tuning on the evaluated split itself is allowed but logged: its score is optimistic.
 
     Raises ConfigError if the bank's backbone / feature_dim differ from the head's,
     DataError for a missing bank or an empty split, WeightsError for a bad checkpoint.
@@ -267,16 +309,29 @@ def evaluate_head(
     pooled = pool(bank, predict_people(head, bank, names, dev), card.tasks)
     thresholds = np.asarray(card.au_thresholds, dtype=np.float64)
     if tune_thresholds:
-        if "au" not in card.tasks:
-            raise ConfigError(f"{head_path}: --tune-thresholds needs a head that predicts AUs")
-        tuned = metrics.tune_au_thresholds(pooled.truth["au"], _sigmoid(pooled.scores["au"]))
-        thresholds = np.round(tuned, 6)  # grid values without float noise (0.55, not 0.5499999...)
-        card = dataclasses.replace(card, au_thresholds=tuple(float(t) for t in thresholds))
-        write_card(card, head_path)
-        log.info("tuned AU thresholds written to the card of %s", head_path)
+        card = _tune_thresholds(card, head, bank, head_path, tune_split, split, dev)
+        thresholds = np.asarray(card.au_thresholds, dtype=np.float64)
     result = score(pooled, card.tasks, thresholds)
     if "au" in card.tasks:
         result["au_thresholds"] = {label: float(t) for label, t in zip(AU_LABELS, thresholds)}
+        result["au_thresholds_tuned_on"] = card.metrics.get("au_thresholds_tuned_on")
     result["split"] = split
     result["people"] = len(names)
     return result
+
+
+def _tune_thresholds(card: HeadCard, head: AffectHead, bank: FeatureBank, head_path, tune_split: str,
+                     split: str, device: torch.device) -> HeadCard:
+    """Tune per-AU thresholds on ``tune_split`` and write them into the head's card."""
+    if "au" not in card.tasks:
+        raise ConfigError(f"{head_path}: --tune-thresholds needs a head that predicts AUs")
+    if tune_split == split:
+        log.warning("AU thresholds tuned on %s, the split being scored: its AU F1 is optimistic", split)
+    tuning = pool(bank, predict_people(head, bank, split_people(bank, tune_split), device), ("au",))
+    tuned = metrics.tune_au_thresholds(tuning.truth["au"], _sigmoid(tuning.scores["au"]))
+    thresholds = tuple(float(t) for t in np.round(tuned, 6))  # 0.55, not 0.5499999...
+    card = dataclasses.replace(card, au_thresholds=thresholds,
+                               metrics={**card.metrics, "au_thresholds_tuned_on": tune_split})
+    write_card(card, head_path)
+    log.info("AU thresholds tuned on %s written to the card of %s", tune_split, head_path)
+    return card

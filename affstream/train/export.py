@@ -36,7 +36,7 @@ from ..errors import ConfigError, DataError
 from ..labels import AU_LABELS, EXPR_LABELS, VA_LABELS
 from .bank import FeatureBank
 from .datasets import MemmapCache
-from .evaluate import PersonOutputs, check_compatible, predict_person, split_people
+from .evaluate import PersonOutputs, check_compatible, nearest_present, predict_person, split_people
 
 log = logging.getLogger("affstream")
 
@@ -46,22 +46,6 @@ HEADERS: dict[str, str] = {
     "au": "image_location," + ",".join(AU_LABELS),
     "va": "image_location," + ",".join(VA_LABELS),
 }
-
-
-def nearest_present(present: np.ndarray) -> np.ndarray | None:
-    """For each frame row, the row of the nearest present frame (ties: the earlier).
-
-    present: (n,) bool. Returns (n,) int64, or None when no frame is present.
-    """
-    rows = np.flatnonzero(present)
-    if rows.size == 0:
-        return None
-    frames = np.arange(len(present))
-    pos = np.searchsorted(rows, frames)  # first present row >= frame
-    after = rows[np.minimum(pos, rows.size - 1)]
-    before = rows[np.maximum(pos - 1, 0)]
-    use_before = (pos > 0) & ((pos == rows.size) | (frames - before <= after - frames))
-    return np.where(use_before, before, after).astype(np.int64)
 
 
 def _decisions(person: PersonOutputs, task: str, thresholds: np.ndarray) -> np.ndarray:
