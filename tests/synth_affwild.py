@@ -389,13 +389,15 @@ def write_test_crops(root: str | Path, name: str, frames, *, clip: str = "single
 CORRUPTIONS = ("header", "columns", "non_numeric", "range", "empty", "blank", "no_frames", "short")
 
 
-def corrupt_annotation(root: str | Path, name: str, task: str, kind: str, *, frame: int = 5) -> tuple[Path, int]:
+def corrupt_annotation(root: str | Path, name: str, task: str, kind: str, *, frame: int = 5,
+                       drop: int = 2) -> tuple[Path, int]:
     """Damage one annotation file of ``make_affwild_root`` in place.
 
     kind: "header" (wrong header), "columns" (a column too many at ``frame``),
     "non_numeric" ("abc" at ``frame``), "range" (out-of-range value at ``frame``),
     "empty" (0 bytes), "blank" (blank line at ``frame``), "no_frames" (header only),
-    "short" (last two frame lines dropped: valid, to be padded).
+    "short" (last ``drop`` frame lines dropped; the default 2 is within the length
+    tolerance: valid, to be padded).
     Returns (file, the file line an error must name; 0 for "short").
     """
     manifest = read_manifest(root)
@@ -419,7 +421,7 @@ def corrupt_annotation(root: str | Path, name: str, task: str, kind: str, *, fra
     elif kind == "no_frames":
         lines, line = lines[:1], 2
     elif kind == "short":
-        lines, line = lines[:-2], 0
+        lines, line = lines[:-drop], 0
     else:
         raise ValueError(f"unknown corruption {kind!r} (use one of {CORRUPTIONS})")
     file.write_text("\n".join(lines) + ("\n" if lines else ""))

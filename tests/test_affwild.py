@@ -167,6 +167,19 @@ def test_short_task_file_is_padded_with_a_warning(root, caplog):
     assert any(str(file) in r.getMessage() and "padding" in r.getMessage() for r in caplog.records)
 
 
+def test_task_file_short_beyond_the_tolerance_is_an_error(root):
+    file, _ = corrupt_annotation(root, "vid02", "va", "short", drop=3)
+    longest = _file(root, "vid02", "expr")
+    with pytest.raises(DataError) as info:
+        scan_affwild(root)
+    message = str(info.value)
+    assert message.startswith(f"{file}: 37 frame lines but 40 in {longest} (3 fewer, tolerance 2); ")
+    assert "\n" not in message
+    # the other tasks alone are fine; with only the short one, it is the longest
+    assert scan_affwild(root, tasks=("expr", "au"))["vid02"].n_frames == 40
+    assert scan_affwild(root, tasks=("va",))["vid02"].n_frames == 37
+
+
 def test_person_in_two_splits_is_an_error(root):
     source = _file(root, "vid01", "va")
     other = [s for s in SPLITS if s not in str(source)][0]

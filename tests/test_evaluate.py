@@ -60,32 +60,42 @@ def _present_feats(bank, name):
     return rows, torch.from_numpy(np.asarray(bank.features(name)[rows], dtype=np.float32))
 
 
+def _nearest_face(present, k):
+    """Row of the face frame nearest to frame row k (ties: the earlier), by a plain scan."""
+    rows = np.flatnonzero(present)
+    return min(rows, key=lambda r: (abs(r - k), r))
+
+
 def _reference(bank, names, predict, thresholds=0.5):
-    """Metrics computed by hand from per-person predictions on present frames."""
+    """ABAW metrics computed by hand: every annotated frame is scored; a frame without a
+    face takes the prediction of the nearest frame with one (every synthetic person here
+    has faces)."""
     truth = {t: [] for t in TASKS}
     pred = {t: [] for t in TASKS}
+    filled = {t: 0 for t in TASKS}
     for name in names:
         rows, feats = _present_feats(bank, name)
         with torch.no_grad():
             out = predict(feats)
+        present = bank.present(name)
+        at = {int(r): i for i, r in enumerate(rows)}
         labels = bank.labels(name)
-        e = labels.expr[rows] >= 0
-        truth["expr"].append(labels.expr[rows][e])
-        pred["expr"].append(out.expr_logits.numpy()[e].argmax(1))
-        a = (labels.au[rows] >= 0).all(1)
-        truth["au"].append(labels.au[rows][a])
-        pred["au"].append(torch.sigmoid(out.au_logits).numpy()[a])
-        v = ~np.isnan(labels.va[rows]).any(1)
-        truth["va"].append(labels.va[rows][v])
-        pred["va"].append(out.va.numpy()[v])
-    cat = {t: (np.concatenate(truth[t]), np.concatenate(pred[t])) for t in TASKS}
+        valid = {"expr": labels.expr >= 0, "au": (labels.au >= 0).all(1), "va": ~np.isnan(labels.va).any(1)}
+        values = {"expr": out.expr_logits.numpy().argmax(1), "au": torch.sigmoid(out.au_logits).numpy(),
+                  "va": out.va.numpy()}
+        for t in TASKS:
+            for k in np.flatnonzero(valid[t]):
+                truth[t].append(getattr(labels, t)[k])
+                pred[t].append(values[t][at[int(_nearest_face(present, k))]])
+                filled[t] += int(not present[k])
+    cat = {t: (np.asarray(truth[t]), np.asarray(pred[t])) for t in TASKS}
     au_mean, au_per = metrics.au_f1(*cat["au"], thresholds)
     va_mean, val, aro = metrics.va_ccc(*cat["va"])
     return {
         "expr_f1": metrics.expr_macro_f1(*cat["expr"]),
         "expr_per": metrics.f1_per_class(*cat["expr"]),
         "au_f1": au_mean, "au_per": au_per, "va_ccc": va_mean, "va": (val, aro),
-        "n": {t: len(cat[t][0]) for t in TASKS}, "au_truth": cat["au"],
+        "n": {t: len(cat[t][0]) for t in TASKS}, "au_truth": cat["au"], "filled": filled,
     }
 
 
@@ -107,9 +117,10 @@ def test_evaluate_mlp_matches_metrics_by_hand(bank, bank_path, mlp_path):
     assert result["va_ccc"] == pytest.approx(ref["va_ccc"], abs=1e-9)
     assert (result["va_ccc_valence"], result["va_ccc_arousal"]) == pytest.approx(ref["va"], abs=1e-9)
     assert result["n_frames"] == ref["n"]
-    # Unscored = annotated frames without a face.
-    n_unscored = sum(int(((bank.labels(n).expr >= 0) & ~bank.present(n)).sum()) for n in bank.split("Validation_Set"))
-    assert result["n_unscored"]["expr"] == n_unscored
+    # Annotated frames without a face are scored with the nearest face's prediction.
+    assert result["n_filled"] == ref["filled"] and result["n_filled"]["expr"] > 0
+    n_annotated = sum(int((bank.labels(n).expr >= 0).sum()) for n in bank.split("Validation_Set"))
+    assert result["n_frames"]["expr"] == n_annotated
     train = evaluate_head(bank_path, mlp_path, split="Train_Set", device="cpu")
     assert train["n_frames"]["expr"] != result["n_frames"]["expr"]
 
@@ -126,6 +137,63 @@ def test_evaluate_temporal_head_over_whole_sequences(bank, bank_path, tmp_path):
     assert result["expr_f1"] == pytest.approx(ref["expr_f1"], abs=1e-12)
     assert result["au_f1"] == pytest.approx(ref["au_f1"], abs=1e-12)
     assert result["va_ccc"] == pytest.approx(ref["va_ccc"], abs=1e-5)
+
+
+def _stitched_reference(head, feats, length, stride):
+    """Hand-made windowed prediction of one person: plan_windows, one forward pass per
+    window (batch of one, padding masked), stitch_windows of the raw scores."""
+    from affstream.heads.base import HeadOutputs
+    from affstream.temporal.windows import plan_windows, stitch_windows
+
+    n = feats.shape[0]
+    plan = plan_windows(n, length, stride)
+    scores = {"va": [], "expr_logits": [], "au_logits": []}
+    for start, valid in plan:
+        x = torch.zeros(1, length, feats.shape[1])
+        x[0, :valid] = feats[start:start + valid]
+        mask = torch.zeros(1, length, dtype=torch.bool)
+        mask[0, :valid] = True
+        with torch.no_grad():
+            out = head(x, mask)
+        for key in scores:
+            scores[key].append(getattr(out, key)[0].numpy())
+    stitched = {k: torch.from_numpy(stitch_windows(np.stack(v), plan, n)) for k, v in scores.items()}
+    return HeadOutputs(**stitched), plan
+
+
+def test_evaluate_temporal_head_stitches_overlapping_windows(bank, bank_path, tmp_path):
+    from affstream.train.evaluate import PersonOutputs, pool, predict_person, score
+
+    length, stride = 24, 16  # shorter than every sequence (58+ present frames)
+    torch.manual_seed(7)
+    head = TemporalHead(16, TASKS, d_model=16, dropout=0.0, window_length=length, window_stride=stride,
+                        backbone=bank.backbone).eval()
+    path = _save(head, tmp_path / "temporal")
+    names = bank.split("Validation_Set")
+    plans, hand_made = {}, []
+    for name in names:
+        rows, feats = _present_feats(bank, name)
+        ref, plans[name] = _stitched_reference(head, feats, length, stride)
+        ref_scores = {"va": ref.va.numpy(), "expr": ref.expr_logits.numpy(), "au": ref.au_logits.numpy()}
+        got = predict_person(head, bank, name)
+        np.testing.assert_array_equal(got.rows, rows)
+        for task in TASKS:
+            np.testing.assert_allclose(got.scores[task], ref_scores[task], atol=1e-5)
+        hand_made.append(PersonOutputs(name, int(bank.people[name]["n_frames"]), rows, ref_scores))
+        # windowed predictions are not those of one pass over the whole sequence
+        with torch.no_grad():
+            whole = head(feats[None]).va[0].numpy()
+        assert np.abs(whole - ref_scores["va"]).max() > 1e-3
+    # several overlapping windows per person, and at least one end-aligned window
+    assert all(len(plan) >= 3 for plan in plans.values())
+    assert any(plan[-1][0] % stride for plan in plans.values())
+    # evaluate_head scores exactly these predictions
+    result = evaluate_head(bank_path, path, device="cpu")
+    expected = score(pool(bank, hand_made, TASKS), TASKS, np.full(len(AU_LABELS), 0.5))
+    assert result["n_frames"] == expected["n_frames"]
+    for key in ("expr_f1", "au_f1"):
+        assert result[key] == pytest.approx(expected[key], abs=1e-12)
+    assert result["va_ccc"] == pytest.approx(expected["va_ccc"], abs=1e-5)
 
 
 def _flat(out):
@@ -148,8 +216,10 @@ def test_tune_thresholds_rewrites_the_card(bank, bank_path, mlp_path, tmp_path):
     shutil.copy(str(mlp_path) + ".json", tmp_path / "h.json")
     weights_before = (tmp_path / "h.safetensors").read_bytes()
     plain = evaluate_head(bank_path, tmp_path / "h", device="cpu")
-    tuned = evaluate_head(bank_path, tmp_path / "h", tune_thresholds=True, device="cpu")
+    # Tuned on the split it is scored on, tuning can only help there.
+    tuned = evaluate_head(bank_path, tmp_path / "h", tune_thresholds=True, tune_split="Validation_Set", device="cpu")
     card = read_card(tmp_path / "h")
+    assert tuned["au_thresholds_tuned_on"] == card.metrics["au_thresholds_tuned_on"] == "Validation_Set"
     assert list(tuned["au_thresholds"].values()) == pytest.approx(list(card.au_thresholds))
     assert card.au_thresholds != (0.5,) * 12
     assert tuned["au_f1"] >= plain["au_f1"]
@@ -257,3 +327,18 @@ def test_export_people_list_single_task_and_a_faceless_person(bank, bank_path, m
     va_head = _save(MLPHead(16, ("va",), width=8, backbone=bank.backbone), tmp_path / "va")
     with pytest.raises(ConfigError, match="expr"):
         export_abaw(work, va_head, tmp_path / "out3", task="expr", device="cpu")
+
+
+def test_tune_thresholds_defaults_to_the_training_split(bank, bank_path, mlp_path, tmp_path):
+    from affstream import metrics as m
+    from affstream.heads.base import load_head_checkpoint
+    from affstream.train.evaluate import pool, predict_people
+
+    shutil.copy(str(mlp_path) + ".safetensors", tmp_path / "h.safetensors")
+    shutil.copy(str(mlp_path) + ".json", tmp_path / "h.json")
+    result = evaluate_head(bank_path, tmp_path / "h", tune_thresholds=True, device="cpu")
+    assert result["split"] == "Validation_Set" and result["au_thresholds_tuned_on"] == "Train_Set"
+    head, _ = load_head_checkpoint(mlp_path)
+    train = pool(bank, predict_people(head, bank, bank.split("Train_Set")), ("au",))
+    expected = m.tune_au_thresholds(train.truth["au"], 1 / (1 + np.exp(-train.scores["au"])))
+    assert list(result["au_thresholds"].values()) == pytest.approx(list(expected), abs=1e-6)

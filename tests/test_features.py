@@ -12,7 +12,8 @@ from affstream.errors import ConfigError, DataError
 from affstream.records import Detection, FrameFaces, TrackedFace
 from affstream.train.affwild import scan_affwild
 from affstream.train.bank import BankWriter, FeatureBank
-from affstream.train.features import PersonPicker, build_feature_bank, find_crop_dir
+from affstream.train.features import build_feature_bank, find_crop_dir
+from affstream.train.person_tracks import TrackBoxes, choose_tracks
 from synth_affwild import make_affwild_root, read_manifest
 
 TINY = "affstream-tiny:random"
@@ -140,14 +141,55 @@ def test_unreadable_crop_is_a_missing_frame(pristine, tmp_path, caplog):
     assert any("unreadable crop" in r.getMessage() for r in caplog.records)
 
 
-def test_crop_folder_falls_back_to_the_video_name(pristine, tmp_path):
+def test_crop_folder_falls_back_to_the_video_name_for_one_person_only(pristine, tmp_path):
     people = scan_affwild(pristine)
     root = tmp_path
-    (root / "cropped_aligned" / "vid03").mkdir(parents=True)
-    assert find_crop_dir(root, people["vid03_left"]) == root / "cropped_aligned" / "vid03"
+    (root / "cropped_aligned" / "vid01").mkdir(parents=True)
+    assert find_crop_dir(root, people["vid01"]) == root / "cropped_aligned" / "vid01"
+    assert find_crop_dir(root, people["vid02"]) is None
+    # a person of a two-person video never takes the video's folder
+    (root / "cropped_aligned" / "vid03").mkdir()
+    for name in ("vid03_left", "vid03_right"):
+        with pytest.raises(DataError, match=f"cropped_aligned/{name}: no crop folder for '{name}'"):
+            find_crop_dir(root, people[name])
     (root / "cropped_aligned" / "vid03_left").mkdir()
     assert find_crop_dir(root, people["vid03_left"]) == root / "cropped_aligned" / "vid03_left"
-    assert find_crop_dir(root, people["vid01"]) is None
+
+
+def test_two_person_video_with_only_a_video_crop_folder_fails_both(pristine, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(pristine, root)
+    crops = root / "cropped_aligned"
+    (crops / "vid03_left").rename(crops / "vid03")
+    shutil.rmtree(crops / "vid03_right")
+    summary = build_feature_bank(root, tmp_path / "out", backbone=TINY, device="cpu", tasks=("expr",),
+                                 splits=("Train_Set",))
+    assert summary["done"] == 1 and set(summary["failed"]) == {"vid03_left", "vid03_right"}
+    for name in ("vid03_left", "vid03_right"):
+        assert f"{crops / name}: no crop folder for '{name}'" in summary["failed"][name]
+    bank = FeatureBank.open(tmp_path / "out")
+    assert "vid01" in bank and "vid03_left" not in bank and "vid03_right" not in bank
+
+
+def test_crops_beyond_the_annotation_fail_that_person(pristine, tmp_path, caplog):
+    root = tmp_path / "root"
+    shutil.copytree(pristine, root)
+    folder = root / "cropped_aligned" / "vid01"
+    sample = next(folder.glob("*.jpg"))
+    shutil.copy(sample, folder / f"{FRAMES + 2:05d}.jpg")  # within the tolerance: ignored
+    with caplog.at_level("WARNING", logger="affstream"):
+        summary = build_feature_bank(root, tmp_path / "ok", backbone=TINY, device="cpu", tasks=("expr",),
+                                     splits=("Train_Set",))
+    assert summary["failed"] == {} and FeatureBank.open(tmp_path / "ok").features("vid01").shape[0] == FRAMES
+    assert any("1 crops outside frames 1..24 ignored" in r.getMessage() for r in caplog.records)
+    shutil.copy(sample, folder / f"{FRAMES + 3:05d}.jpg")
+    summary = build_feature_bank(root, tmp_path / "bad", backbone=TINY, device="cpu", tasks=("expr",),
+                                 splits=("Train_Set",))
+    assert summary["done"] == 2 and list(summary["failed"]) == ["vid01"]
+    message = summary["failed"]["vid01"]
+    annotation = root / "EXPR_Recognition_Challenge" / "Train_Set" / "vid01.txt"
+    assert message.startswith(f"{folder}: largest crop number {FRAMES + 3} but {annotation} has {FRAMES} frame lines")
+    assert "(3 more, tolerance 2)" in message
 
 
 def test_bad_options(pristine, tmp_path):
@@ -167,18 +209,26 @@ def _face(frame, x_centre, half, track):
 
 
 def _scene(video, k):
-    """(x_centre, half size) of each face the fake pipeline 'detects' in frame k."""
+    """(x_centre, half size, track id) of each face the fake pipeline 'detects' in frame k.
+
+    vid01, one person (track 0 at x=300, lost after frame 12 and picked up again as
+    track 2 at x=310): no face in frame 5; a larger face (track 1) passes in frames
+    8-10; a small face far away (track 3) while the person is not detected, 13-15.
+    vid03, two people: left track 0 (x=100), continued as track 2 (x=130, then 90);
+    right track 1 (x=500, 470, 520); a small face at the far right (track 3) in 15-.
+    """
     if video == "vid01":
-        return [] if k == 5 else [(50, 10), (300, 40)]
+        faces = [] if k == 5 else [(300, 40, 0)] if k <= 12 else [(560, 20, 3)] if k <= 15 else [(310, 40, 2)]
+        return faces + [(50, 60, 1)] if 8 <= k <= 10 else faces
     if k <= 6:
-        return [(500, 30), (100, 30)]
+        return [(500, 30, 1), (100, 30, 0)]
     if k <= 9:
-        return [(470, 30)]
+        return [(470, 30, 1)]
     if k <= 11:
         return []
     if k <= 14:
-        return [(130, 30)]
-    return [(300, 20), (520, 30), (90, 25)]
+        return [(130, 30, 2)]
+    return [(620, 15, 3), (520, 30, 1), (90, 25, 2)]
 
 
 def make_fake_face_features(seen, n_frames):
@@ -188,16 +238,25 @@ def make_fake_face_features(seen, n_frames):
         video = video_path.stem
         seen.append((video_path.name, pipeline, backbone.feature_dim, device))
         for k in range(1, n_frames.get(video, FRAMES) + 1):
-            faces = tuple(_face(k, x, h, t) for t, (x, h) in enumerate(_scene(video, k)))
+            scene = _scene(video, k)
+            faces = tuple(_face(k, x, h, t) for x, h, t in scene)
             feats = np.zeros((len(faces), backbone.feature_dim), dtype=np.float32)
-            for i, (x, _) in enumerate(_scene(video, k)):
+            for i, (x, _, _) in enumerate(scene):
                 feats[i, :2] = (k, x)
             yield FrameFaces(index=k, time_s=k / 25, faces=faces), feats
 
     return fake
 
 
-def test_videos_source_picks_the_annotated_person(pristine, tmp_path):
+def _expected(spans):
+    """(n,) x centre per frame from {(first, last) 1-based frames: x}; -1 elsewhere."""
+    out = np.full(FRAMES, -1.0)
+    for (first, last), x in spans.items():
+        out[first - 1:last] = x
+    return out
+
+
+def test_videos_source_picks_the_annotated_person_by_track(pristine, tmp_path):
     root = tmp_path / "root"
     shutil.copytree(pristine, root)
     (root / "videos").mkdir()
@@ -221,17 +280,12 @@ def test_videos_source_picks_the_annotated_person(pristine, tmp_path):
         np.testing.assert_array_equal(feats[present, 0], frames[present])  # never shifted
         return np.where(present, feats[:, 1], -1)
 
-    single = picked("vid01")
-    assert single[4] == -1 and set(np.delete(single, 4)) == {300}  # largest face
-    left, right = picked("vid03_left"), picked("vid03_right")
-    np.testing.assert_array_equal(left[:6], 100)  # frames 1-6: two faces, list order reversed
-    np.testing.assert_array_equal(right[:6], 500)
-    np.testing.assert_array_equal(left[6:11], -1)  # 7-9: one face, nearest to right; 10-11: none
-    np.testing.assert_array_equal(right[6:9], 470)
-    np.testing.assert_array_equal(right[9:14], -1)  # 12-14: one face, nearest to left
-    np.testing.assert_array_equal(left[11:14], 130)
-    np.testing.assert_array_equal(left[14:], 90)  # 15-: three faces, extremes win
-    np.testing.assert_array_equal(right[14:], 520)
+    # a per-frame rule would give frames 8-10 to the larger passing face and 13-15 to
+    # the only face then; the person's two tracks are chained, the others never taken
+    np.testing.assert_array_equal(picked("vid01"), _expected({(1, 4): 300, (6, 12): 300, (16, 24): 310}))
+    # the rightmost face of 15- is a small third track: right stays with track 1
+    np.testing.assert_array_equal(picked("vid03_left"), _expected({(1, 6): 100, (12, 14): 130, (15, 24): 90}))
+    np.testing.assert_array_equal(picked("vid03_right"), _expected({(1, 6): 500, (7, 9): 470, (15, 24): 520}))
 
 
 def test_videos_source_reports_a_missing_video(pristine, tmp_path):
@@ -241,17 +295,52 @@ def test_videos_source_reports_a_missing_video(pristine, tmp_path):
     assert "no video file for 'vid03'" in summary["failed"]["vid03_left"]
 
 
-def test_person_picker_rules():
-    picker = PersonPicker(["left", "right"])
-    one = (np.array([[200.0, 50.0]]), np.array([100.0]))
-    assert picker.pick(*one) == {"left": None, "right": None}  # no history: ambiguous
-    assert picker.pick(np.array([[400.0, 0], [100.0, 0]]), np.array([1.0, 1.0])) == {"left": 1, "right": 0}
-    assert picker.pick(np.array([[350.0, 0]]), np.array([1.0])) == {"left": None, "right": 0}
-    assert picker.pick(np.zeros((0, 2)), np.zeros(0)) == {"left": None, "right": None}
-    only_right = PersonPicker(["right"])
-    only_right.pick(np.array([[10.0, 0], [90.0, 0]]), np.ones(2))
-    assert only_right.pick(np.array([[20.0, 0]]), np.ones(1)) == {"right": None}
-    assert PersonPicker([None]).pick(np.zeros((3, 2)), np.array([4.0, 9.0, 1.0])) == {None: 1}
+def _track(first, last, x, half=30.0):
+    """A track at rows first..last (inclusive) with a square box of side 2*half
+    centred at x (a number or one per row), y = 50."""
+    rows = np.arange(first, last + 1)
+    xs = np.broadcast_to(np.asarray(x, dtype=np.float64), rows.shape)
+    boxes = np.stack([xs - half, np.full_like(xs, 50 - half), xs + half, np.full_like(xs, 50 + half)], axis=1)
+    return TrackBoxes(rows, boxes)
+
+
+def test_choose_tracks_single_person_rules():
+    # a person broken into five pieces, each less dominant than a long-lived small
+    # face in the background, still wins as one chain
+    poster = _track(0, 99, 600, half=10)  # dominance 100 * 400 = 40000
+    pieces = {1 + i: _track(10 * i, 10 * i + 9, 300 + 5 * i) for i in range(5)}  # 10 * 3600 each
+    tracks = {0: poster, **pieces}
+    assert poster.dominance == 40000 and pieces[1].dominance == 36000
+    assert sorted(choose_tracks(tracks, [None])[None]) == [1, 2, 3, 4, 5]
+    # no continuation when sizes differ by more than 2x, the boxes are far apart, or
+    # the two tracks overlap in time (even by one frame)
+    assert choose_tracks({0: _track(0, 9, 300), 1: _track(10, 10, 300, half=61)}, [None]) == {None: [0]}
+    assert choose_tracks({0: _track(0, 9, 300), 1: _track(10, 10, 300, half=59)}, [None]) == {None: [0, 1]}
+    assert choose_tracks({0: _track(0, 9, 300), 1: _track(10, 12, 300 + 91)}, [None]) == {None: [0]}
+    assert choose_tracks({0: _track(0, 9, 300), 1: _track(10, 12, 300 + 89)}, [None]) == {None: [0, 1]}
+    assert choose_tracks({0: _track(0, 9, 300), 1: _track(9, 12, 300)}, [None]) == {None: [0]}
+    # a piece before the chosen track joins through its last box
+    assert choose_tracks({0: _track(5, 20, 300), 1: _track(0, 3, 310)}, [None]) == {None: [0, 1]}
+    assert choose_tracks({}, [None, "left"]) == {None: [], "left": []}
+
+
+def test_choose_tracks_two_people_rules():
+    tracks = {
+        0: _track(0, 49, 500),                       # right person
+        1: _track(0, 19, 100),                       # left person ...
+        2: _track(30, 49, 120),                      # ... picked up again
+        3: _track(20, 22, 700, half=60),             # a large face passing by, beside the right person
+        4: _track(25, 28, 480),                      # fits right? overlaps track 0 -> no
+        5: _track(23, 27, 110),                      # fits left between 1 and 2
+    }
+    assert choose_tracks(tracks, ["left", "right"]) == {"left": [1, 2, 5], "right": [0]}
+    assert choose_tracks(tracks, ["right"]) == {"right": [0]}
+    # left / right by mean centre x over the shared frames, whatever the track ids
+    swapped = {0: _track(0, 9, 100), 1: _track(0, 9, 500)}
+    assert choose_tracks(swapped, ["left", "right"]) == {"left": [0], "right": [1]}
+    # never two faces at once: the two people cannot be told apart
+    assert choose_tracks({0: _track(0, 9, 100), 1: _track(10, 19, 500)}, ["left", "right", None]) == {
+        None: [0], "left": [], "right": []}
 
 
 def test_synthetic_videos_decode_to_the_annotated_length(tmp_path):

@@ -334,12 +334,15 @@ def scan_affwild(
 ) -> dict[str, PersonLabels]:
     """Read every annotation file under ``root``; one entry per annotated person.
 
-    Tasks of one person are merged; a task array shorter than the person's longest one
-    is padded with unannotated frames and a warning is logged (Aff-Wild2 files are
-    occasionally a frame short). Returns ``{name: PersonLabels}`` sorted by name.
+    Tasks of one person are merged; a task array at most ``LENGTH_TOLERANCE_FRAMES``
+    shorter than the person's longest one is padded with unannotated frames and a
+    warning is logged (Aff-Wild2 files are occasionally a frame short). Returns
+    ``{name: PersonLabels}`` sorted by name.
 
-    Raises DataError if ``root`` holds none of the challenge folders asked for, or if a
-    person appears in two splits; ConfigError for an unknown task or split name.
+    Raises DataError if ``root`` holds none of the challenge folders asked for, if a
+    person appears in two splits, or if a task file is more than
+    ``LENGTH_TOLERANCE_FRAMES`` lines shorter than the person's longest (naming both
+    files and line counts); ConfigError for an unknown task or split name.
     """
     root = Path(root)
     tasks = tuple(tasks)
@@ -374,10 +377,20 @@ def scan_affwild(
 
 
 def _merge(name: str, split: str, by_task: dict[str, np.ndarray], files: dict[str, str]) -> PersonLabels:
-    n_frames = max(len(a) for a in by_task.values())
+    """Merge one person's task arrays, padding those at most ``LENGTH_TOLERANCE_FRAMES``
+    short of the longest; DataError for a file shorter than that."""
+    longest = max(by_task, key=lambda t: len(by_task[t]))
+    n_frames = len(by_task[longest])
     merged: dict[str, np.ndarray | None] = {t: None for t in TASK_DIRS}
     for task, values in by_task.items():
-        if len(values) < n_frames:
+        shortfall = n_frames - len(values)
+        if shortfall > LENGTH_TOLERANCE_FRAMES:
+            raise DataError(
+                f"{files[task]}: {len(values)} frame lines but {n_frames} in {files[longest]} "
+                f"({shortfall} fewer, tolerance {LENGTH_TOLERANCE_FRAMES}); every task file of '{name}' "
+                "needs one line per video frame, check that both files belong to this video"
+            )
+        if shortfall:
             log.warning(
                 "%s: %d frame lines, %d in the longest task file of '%s'; padding with unannotated frames",
                 files[task], len(values), n_frames, name,

@@ -4,20 +4,39 @@ Two sources of face images:
 
 ``crops`` (default): the organizers' aligned crops, ``ROOT/cropped_aligned/DIR/%05d.jpg``
     with 1-based frame numbers and gaps where no face was found. ``DIR`` is the person's
-    name (``video3_left``) if that folder exists, else the video's name (``video3``).
+    name (``video3_left``); a single-person name without its folder falls back to its
+    video's name (the same name), but a ``_left`` / ``_right`` person never does: the
+    video's folder cannot say which of the two it shows, so the person fails. Crops
+    numbered beyond the annotated frames are ignored up to ``LENGTH_TOLERANCE_FRAMES``
+    frames; further beyond, the person fails (crops and annotation do not match).
     Any image size is accepted; each crop is resized to the backbone's input size
     (bicubic, antialiased) and normalised with the backbone's mean/std.
 
 ``videos``: ``ROOT/videos/VIDEO.EXT`` run through affstream's own pipeline
-    (decode -> detect -> track -> align -> embed). Which detected face is the annotated
-    person, frame by frame:
+    (decode -> detect -> track -> align -> embed), decoded once per video. The
+    annotated person is a set of whole *tracks* (never a per-frame choice, so a face
+    that shows up for a few frames cannot take the label):
 
-    - one-person video (``VIDEO.txt``): the largest face (box area);
-    - two-person video (``VIDEO_left.txt`` / ``VIDEO_right.txt``): with two or more faces,
-      the face whose box centre is leftmost / rightmost; with exactly one face, it goes
-      to the side whose last chosen box centre is nearest to it (a side never chosen
-      so far counts as infinitely far; with no history at all the frame stays missing
-      for both sides), and the other side is missing in that frame.
+    - *dominance* of a track: its frame count x its mean box area;
+    - one-person video (``VIDEO.txt``): a chain (below) is grown from each of the
+      ``CHAIN_SEEDS`` most dominant tracks; the chain with the largest total dominance
+      is the person (so a person whose track broke into pieces still beats a
+      long-lived small background face);
+    - two-person video (``VIDEO_left.txt`` / ``VIDEO_right.txt``): the pair of tracks
+      with the largest sum, over the frames they share, of the smaller of their two
+      box areas; of the two, the one with the smaller mean box-centre x over those
+      frames is left. Both are grown into chains (a track fitting both joins the one it
+      continues more closely). Without two faces in any one frame, both people are
+      missing in every frame (logged).
+    - growing a chain: a track not yet chosen joins when it overlaps none of the
+      chain's tracks in time (frame spans disjoint) and its first box continues the
+      last box of the chained track just before it, or its last box leads into the
+      first box of the chained track just after it: centres at most
+      ``CHAIN_DISTANCE_MAX`` box sizes apart and sizes within ``CHAIN_SCALE_RATIO_MAX``
+      (how a tracker that lost a face picks it up again under a new id); repeated,
+      most dominant first, until no track joins. Frames no chosen track covers are
+      missing: a passer-by whose track overlaps the person's in time, or who appears
+      away from where the person was, is never taken.
 
 Test people (``test_list``: one name per line, ``VIDEO`` or ``VIDEO_left`` /
 ``VIDEO_right``) have no annotation; they are stored with split ``Test_Set``, no
@@ -31,7 +50,7 @@ labels, and one row per frame 1..n_frames, where n_frames is
 
 In both cases a frame with a label but no face keeps its row, marked missing
 (``present`` False, zero features): labels are never shifted. One person's failure
-(unreadable video, length mismatch) is logged and reported in the summary; the run
+(missing crop folder, unreadable video, length mismatch) is logged and reported in the summary; the run
 goes on with the others.
 """
 
@@ -47,9 +66,10 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ..errors import AffstreamError, ConfigError, DataError
-from .affwild import (SPLITS, TASK_DIRS, TEST_SPLIT, PersonLabels, check_length, read_test_list,
-                      scan_affwild, side_of, test_person)
+from .affwild import (LENGTH_TOLERANCE_FRAMES, SPLITS, TASK_DIRS, TEST_SPLIT, PersonLabels, check_length,
+                      read_test_list, scan_affwild, side_of, test_person)
 from .bank import DTYPES, SOURCES, BankWriter
+from .person_tracks import TrackBoxes, choose_tracks
 
 log = logging.getLogger("affstream")
 
@@ -68,34 +88,61 @@ _Result = tuple[PersonLabels, np.ndarray, np.ndarray, dict[str, Any]]
 # --------------------------------------------------------------------------- crops
 
 
+def numbered_crops(crop_dir: Path) -> dict[int, Path]:
+    """``{frame number: path}`` of every crop image of ``crop_dir`` whose stem is a
+    number (``00012.jpg`` -> 12), sorted by frame; other files are ignored."""
+    crops = {int(match.group(1)): entry for entry in crop_dir.iterdir()
+             if entry.suffix.lower() in CROP_EXTENSIONS and (match := _CROP_NAME.match(entry.stem))}
+    return dict(sorted(crops.items()))
+
+
 def list_crops(crop_dir: Path, n_frames: int) -> dict[int, Path]:
     """``{frame: path}`` of the crops in ``crop_dir`` for frames 1..n_frames.
 
     Files whose stem is not a frame number, frame 0 and frames beyond ``n_frames``
     are ignored (logged).
     """
-    crops: dict[int, Path] = {}
-    ignored = 0
-    for entry in crop_dir.iterdir():
-        match = _CROP_NAME.match(entry.stem)
-        if entry.suffix.lower() not in CROP_EXTENSIONS or not match:
-            continue
-        frame = int(match.group(1))
-        if 1 <= frame <= n_frames:
-            crops[frame] = entry
-        else:
-            ignored += 1
-    if ignored:
-        log.warning("%s: %d crops outside frames 1..%d ignored", crop_dir, ignored, n_frames)
-    return dict(sorted(crops.items()))
+    crops = numbered_crops(crop_dir)
+    kept = {frame: path for frame, path in crops.items() if 1 <= frame <= n_frames}
+    if len(kept) < len(crops):
+        log.warning("%s: %d crops outside frames 1..%d ignored", crop_dir, len(crops) - len(kept), n_frames)
+    return kept
 
 
 def find_crop_dir(root: Path, labels: PersonLabels) -> Path | None:
-    """The crop folder of a person: ``cropped_aligned/NAME`` else ``cropped_aligned/VIDEO``."""
-    for candidate in (root / CROPS_DIR / labels.name, root / CROPS_DIR / labels.video):
-        if candidate.is_dir():
-            return candidate
-    return None
+    """The crop folder of a person, or None if there is none.
+
+    ``cropped_aligned/NAME`` if it exists. Otherwise, for a single-person name only,
+    ``cropped_aligned/VIDEO``. A ``_left`` / ``_right`` person never falls back to the
+    video's folder (it cannot say which of the two people it shows): without its own
+    folder it raises DataError naming the missing folder.
+    """
+    own = root / CROPS_DIR / labels.name
+    if own.is_dir():
+        return own
+    if side_of(labels.name) is not None:
+        raise DataError(f"{own}: no crop folder for '{labels.name}', one of two people of video "
+                        f"'{labels.video}' (its folder '{labels.video}' is not used: it cannot tell the two "
+                        "apart); add the person's crops or use --source videos")
+    video = root / CROPS_DIR / labels.video
+    return video if video.is_dir() else None
+
+
+def check_crop_range(crop_dir: Path, crops: dict[int, Path], labels: PersonLabels) -> None:
+    """DataError if the largest crop number of ``crops`` exceeds the person's annotated
+    frames by more than ``LENGTH_TOLERANCE_FRAMES`` (crops and annotation then belong
+    to different videos or frame rates); within the tolerance the extra crops are
+    ignored by :func:`list_crops`."""
+    largest = max(crops, default=0)
+    excess = largest - labels.n_frames
+    if excess <= LENGTH_TOLERANCE_FRAMES:
+        return
+    annotation = ", ".join(sorted(set(labels.files.values()))) or f"the annotation of '{labels.name}'"
+    raise DataError(
+        f"{crop_dir}: largest crop number {largest} but {annotation} has {labels.n_frames} frame lines "
+        f"({excess} more, tolerance {LENGTH_TOLERANCE_FRAMES}); check that the crops and the annotation "
+        "belong to the same video"
+    )
 
 
 def _load_crop(path: Path, size: int) -> np.ndarray | None:
@@ -156,7 +203,8 @@ def embed_crops(backbone, crops: dict[int, Path], n_frames: int, batch_size: int
 
 
 def _missing_crop_dir(root: Path, labels: PersonLabels) -> DataError:
-    return DataError(f"{root / CROPS_DIR}: no crop folder '{labels.name}' or '{labels.video}'; "
+    names = dict.fromkeys((labels.name, labels.video))
+    return DataError(f"{root / CROPS_DIR}: no crop folder {' or '.join(repr(n) for n in names)}; "
                      "check the dataset root or use --source videos")
 
 
@@ -165,18 +213,18 @@ def _person_from_crops(root: Path, labels: PersonLabels, backbone, batch_size: i
     crop_dir = find_crop_dir(root, labels)
     if crop_dir is None:
         raise _missing_crop_dir(root, labels)
+    check_crop_range(crop_dir, numbered_crops(crop_dir), labels)
     crops = list_crops(crop_dir, labels.n_frames)
     return embed_crops(backbone, crops, labels.n_frames, batch_size, dtype)
 
 
 def largest_crop_number(crop_dir: Path) -> int:
     """The largest frame number among the crop images of ``crop_dir``; DataError if none."""
-    numbers = [int(match.group(1)) for entry in crop_dir.iterdir()
-               if entry.suffix.lower() in CROP_EXTENSIONS and (match := _CROP_NAME.match(entry.stem))]
-    if not numbers or max(numbers) < 1:
+    largest = max(numbered_crops(crop_dir), default=0)
+    if largest < 1:
         raise DataError(f"{crop_dir}: no crop images, so the frame count is unknown; "
                         f"put the video under {VIDEOS_DIR}/ or remove the name from the test list")
-    return max(numbers)
+    return largest
 
 
 def _test_person_from_crops(root: Path, name: str, backbone, batch_size: int, dtype: str) -> _Result:
@@ -233,56 +281,25 @@ def count_video_frames(path: Path) -> int:
     return count
 
 
-def _box_centres_areas(frame_faces) -> tuple[np.ndarray, np.ndarray]:
-    boxes = np.asarray([f.detection.box_xyxy for f in frame_faces.faces], dtype=np.float64).reshape(-1, 4)
-    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
-    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    return centres, areas
-
-
-class PersonPicker:
-    """Chooses, frame by frame, which detected face is each annotated person of a video.
-
-    sides: the annotated people of one video as ``None`` (single person), ``"left"``
-    or ``"right"``. See the module docstring for the rule.
-    """
-
-    def __init__(self, sides: Iterable[str | None]):
-        self.sides = tuple(sides)
-        self._last: dict[str, np.ndarray] = {}
-
-    def pick(self, centres: np.ndarray, areas: np.ndarray) -> dict[str | None, int | None]:
-        """centres: (n, 2) box centres in pixels; areas: (n,) box areas in pixels^2.
-
-        Returns side -> index of the chosen face, or None (person missing this frame).
-        """
-        n = len(areas)
-        choice: dict[str | None, int | None] = {side: None for side in self.sides}
-        if n == 0:
-            return choice
-        if None in choice:
-            choice[None] = int(np.argmax(areas))
-        two_sided = {"left", "right"} & set(self.sides)
-        if not two_sided:
-            return choice
-        if n >= 2:
-            picks = {"left": int(np.argmin(centres[:, 0])), "right": int(np.argmax(centres[:, 0]))}
-        else:
-            picks = self._single_face(centres[0])
-        for side, index in picks.items():
-            if index is not None:
-                self._last[side] = centres[index]
-            if side in choice:
-                choice[side] = index
-        return choice
-
-    def _single_face(self, centre: np.ndarray) -> dict[str, int | None]:
-        distances = {side: float(np.linalg.norm(centre - self._last[side]))
-                     for side in ("left", "right") if side in self._last}
-        if not distances:
-            return {"left": None, "right": None}
-        nearest = min(distances, key=distances.get)
-        return {side: (0 if side == nearest else None) for side in ("left", "right")}
+def _collect_tracks(stream, dtype: str) -> tuple[dict[int, TrackBoxes], dict[int, np.ndarray], int]:
+    """Every track of a decoded video: its boxes, its (m, D) features in ``dtype``,
+    and the number of decoded frames. A second face of one track in a frame is dropped."""
+    rows: dict[int, list[int]] = {}
+    boxes: dict[int, list[np.ndarray]] = {}
+    feats: dict[int, list[np.ndarray]] = {}
+    n_decoded = 0
+    for frame_faces, frame_feats in stream:
+        n_decoded += 1
+        row = frame_faces.index - 1
+        for face, feat in zip(frame_faces.faces, frame_feats):
+            track = int(face.track_id)
+            if row < 0 or (rows.get(track) and rows[track][-1] >= row):
+                continue
+            rows.setdefault(track, []).append(row)
+            boxes.setdefault(track, []).append(np.asarray(face.detection.box_xyxy, dtype=np.float64))
+            feats.setdefault(track, []).append(np.asarray(feat, dtype=dtype))
+    return ({t: TrackBoxes(rows[t], np.stack(boxes[t])) for t in rows},
+            {t: np.stack(feats[t]) for t in rows}, n_decoded)
 
 
 def _people_from_video(video_path: Path, people: list[PersonLabels], face_features_fn,
@@ -294,29 +311,23 @@ def _people_from_video(video_path: Path, people: list[PersonLabels], face_featur
     frames)`` where n is the person's n_frames, or the number of decoded frames for a
     ``Test_Set`` person. Frames beyond a person's annotation are ignored.
     """
-    by_side = {side_of(p.name): p for p in people}
-    picker = PersonPicker(by_side)
-    picked: dict[str, dict[int, np.ndarray]] = {p.name: {} for p in people}
-    n_decoded = 0
     stream = face_features_fn(video_path, pipeline=pipeline, backbone=backbone, device=device)
-    for frame_faces, feats in stream:
-        n_decoded += 1
-        if not frame_faces.faces:
-            continue
-        row = frame_faces.index - 1
-        centres, areas = _box_centres_areas(frame_faces)
-        for side, index in picker.pick(centres, areas).items():
-            if index is not None and row >= 0:
-                picked[by_side[side].name][row] = np.asarray(feats[index], dtype=dtype)
+    tracks, feats, n_decoded = _collect_tracks(stream, dtype)
+    chosen = choose_tracks(tracks, [side_of(p.name) for p in people])
+    if any(side_of(p.name) for p in people) and not any(chosen.get(s) for s in ("left", "right")):
+        log.warning("%s: never two faces at once, so its left and right people cannot be told apart; "
+                    "their frames are all missing", video_path)
     out = {}
     for person in people:
         n = n_decoded if person.split == TEST_SPLIT else person.n_frames
         features = np.zeros((n, backbone.feature_dim), dtype=dtype)
         present = np.zeros(n, dtype=bool)
-        rows = [row for row in picked[person.name] if row < n]
-        if rows:
-            features[rows] = np.stack([picked[person.name][row] for row in rows])
-            present[rows] = True
+        ids = chosen[side_of(person.name)]
+        for track in ids:
+            keep = tracks[track].rows < n
+            features[tracks[track].rows[keep]] = feats[track][keep]
+            present[tracks[track].rows[keep]] = True
+        log.info("%s: track(s) %s chosen, face in %d of %d frames", person.name, sorted(ids), present.sum(), n)
         out[person.name] = (features, present)
     return out, n_decoded
 
