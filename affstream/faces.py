@@ -115,9 +115,11 @@ class FaceExtractor:
         pool = _CropPool()
         batch_faces = max(1, self.config.embed.batch_size)
         for batch in _chunked(frames, self.detect_batch):
-            tracked = self._detect_and_track(batch, tracker)
-            crops = self._align(batch, tracked)
-            del batch  # the decoded images are no longer needed
+            with self.times.time("detect"):  # one upload serves detection and alignment
+                pixels = self.stages.detector.to_device([f.image for f in batch])
+            tracked = self._detect_and_track(batch, pixels, tracker)
+            crops = self._align(pixels, tracked)
+            del batch, pixels  # the decoded images are no longer needed
             release_free_memory()
             pool.add(tracked, crops)
             # faceless stretches must not wait for a full backbone batch: rows flow and
@@ -127,32 +129,31 @@ class FaceExtractor:
         if pool.frames:
             yield self._embed(*pool.take())
 
-    def _detect_and_track(self, batch: list[Frame], tracker: FaceTracker) -> list[FrameFaces]:
+    def _detect_and_track(self, batch: list[Frame], pixels: torch.Tensor, tracker: FaceTracker) -> list[FrameFaces]:
         with self.times.time("detect"):
-            detections = self.stages.detector.detect([f.image for f in batch])
+            detections = self.stages.detector.detect_frames(pixels)
         with self.times.time("track"):
             return [
                 FrameFaces(f.index, f.time_s, tracker.update(f.index, f.time_s, dets))
                 for f, dets in zip(batch, detections)
             ]
 
-    def _align(self, batch: list[Frame], tracked: list[FrameFaces]) -> torch.Tensor:
+    def _align(self, pixels: torch.Tensor, tracked: list[FrameFaces]) -> torch.Tensor:
+        """Crops of every face of a batch from its frames already on the device.
+
+        pixels: (F, H, W, 3) uint8 on the device, the batch's frames in order.
+        """
         backbone = self.stages.backbone
         size = backbone.image_size
         slots = [k for k, ff in enumerate(tracked) for _ in ff.faces]
         if not slots:
             return torch.empty((0, 3, size, size), device=self.device)
         with self.times.time("align"):
-            used = sorted(set(slots))
-            remap = {k: i for i, k in enumerate(used)}
-            images = np.stack([batch[k].image for k in used])
-            frames = torch.from_numpy(images).to(self.device, non_blocking=True)
-            frames = frames.permute(0, 3, 1, 2)
             # detections use pixel-edge coordinates, align_faces pixel-centre ones
             landmarks = np.stack([face.detection.landmarks for ff in tracked for face in ff.faces]) - 0.5
             return align_faces(
-                frames,
-                torch.as_tensor([remap[k] for k in slots], device=self.device),
+                pixels.permute(0, 3, 1, 2),
+                torch.as_tensor(slots, device=self.device),
                 torch.from_numpy(landmarks.astype(np.float32)).to(self.device),
                 size=size,
                 mean=backbone.mean,

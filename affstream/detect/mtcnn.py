@@ -246,7 +246,14 @@ class MTCNNDetector:
         """
         if len(images) == 0:
             return []
-        frames = self._to_device(images)
+        return self.detect_frames(self.to_device(images))
+
+    @torch.inference_mode()
+    def detect_frames(self, frames: torch.Tensor) -> list[list[Detection]]:
+        """:meth:`detect` on frames already on the device: (N, H, W, 3) uint8 RGB, as
+        :meth:`to_device` makes them (so a caller can reuse the upload, e.g. to align)."""
+        if frames.shape[0] == 0:
+            return []
         work, scale_x, scale_y = self._downscale(frames)
         min_face = max(float(B.PNET_CELL), self.config.min_face_px * min(scale_x, scale_y))
         # TF32 convolutions move boxes by up to 2 px and landmarks by more (measured on
@@ -254,11 +261,11 @@ class MTCNNDetector:
         with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
             rows = self._cascade(work, min_face)
         host = rows.cpu().numpy()  # the one device -> host transfer
-        return self._to_detections(host, len(images), scale_x, scale_y)
+        return self._to_detections(host, int(frames.shape[0]), scale_x, scale_y)
 
     # --- stages -------------------------------------------------------------------
 
-    def _to_device(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+    def to_device(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Stack frames into one (N, H, W, 3) uint8 tensor on the device."""
         first = images[0]
         for image in images:
