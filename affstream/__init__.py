@@ -10,7 +10,7 @@ Importing the package is cheap (no torch); the API is loaded on first use:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _API = ("annotate", "annotate_to_files", "iter_face_features")
 

@@ -20,10 +20,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .config import PipelineConfig, load_pipeline
 from .errors import ConfigError, SourceError
-from .profiling import StageTimes
+from .runtime import StageTimes
 from .records import DecodeStats, Frame, FrameAnnotation, FrameFaces, VideoInfo
 
 MEANINGLESS_WARNING = (

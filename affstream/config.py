@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .resources import shipped_dir
+from .files import shipped_dir
 
 
 @dataclass(frozen=True)

@@ -26,3 +26,14 @@ class ConfigError(AffstreamError):
 
 class DataError(AffstreamError):
     """A dataset, annotation file or feature bank is malformed."""
+
+
+class OutputError(AffstreamError):
+    """An output file or folder cannot be created, written or published."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message (or its type name), at most ``limit`` characters,
+    for quoting a library's error inside one of ours."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]

@@ -24,8 +24,8 @@ import torch
 
 from .detect.align import align_faces
 from .detect.track import FaceTracker
-from .memory import release_free_memory
-from .profiling import StageTimes
+from .runtime import release_free_memory
+from .runtime import StageTimes
 from .records import Frame, FrameFaces
 
 log = logging.getLogger("affstream")

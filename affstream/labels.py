@@ -36,3 +36,17 @@ AU_COLUMN_STEMS: tuple[str, ...] = tuple(f"AU{int(a[2:]):02d}" for a in AU_LABEL
 VA_LABELS: tuple[str, ...] = ("valence", "arousal")
 
 TASKS: tuple[str, ...] = ("expr", "au", "va")
+"""The three tasks, in the one canonical order used everywhere: training data, head
+outputs packed into one score row, cards and reports."""
+
+TASK_WIDTHS: dict[str, int] = {"expr": len(EXPR_LABELS), "au": len(AU_LABELS), "va": len(VA_LABELS)}
+"""Output width of each task: 8 expression logits, 12 AU logits, valence + arousal."""
+
+
+def ordered_tasks(tasks) -> tuple[str, ...]:
+    """``tasks`` (any iterable of names) in canonical order; ValueError for an empty set
+    or an unknown name (callers turn it into their own user-facing error)."""
+    chosen = tuple(tasks)
+    if not chosen or not set(chosen) <= set(TASKS):
+        raise ValueError(f"tasks {list(chosen)}: use a non-empty subset of {', '.join(TASKS)}")
+    return tuple(t for t in TASKS if t in chosen)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .config import PipelineConfig
-from .device import resolve_device
+from .runtime import resolve_device
 from .errors import ConfigError
 from .heads.base import AffectHead, load_head_checkpoint
 

@@ -25,13 +25,12 @@ import torch
 
 from .faces import FaceChunk
 from .heads.base import AffectHead, HeadOutputs, to_prediction
-from .profiling import StageTimes
+from .runtime import StageTimes
+from .labels import TASK_WIDTHS, TASKS
 from .records import FrameAnnotation, FrameFaces, Prediction, TrackedFace
 
 WINDOW_BATCH = 32  # windows per head call for temporal heads
 
-_TASK_WIDTH = {"va": 2, "expr": 8, "au": 12}
-_TASK_ORDER = ("va", "expr", "au")
 
 
 def empty_row(frame: FrameFaces) -> FrameAnnotation:
@@ -60,19 +59,19 @@ def face_row(frame: FrameFaces, face: TrackedFace, pred: Prediction, i: int, thr
 
 
 def pack_outputs(outputs: HeadOutputs, tasks: tuple[str, ...]) -> torch.Tensor:
-    """Concatenate raw scores (..., C) in the order va, expr, au (present tasks only)."""
+    """Concatenate raw scores (..., C) in ``labels.TASKS`` order (present tasks only)."""
     parts = {"va": outputs.va, "expr": outputs.expr_logits, "au": outputs.au_logits}
-    return torch.cat([parts[t].float() for t in _TASK_ORDER if t in tasks], dim=-1)
+    return torch.cat([parts[t].float() for t in TASKS if t in tasks], dim=-1)
 
 
 def unpack_scores(scores: np.ndarray, tasks: tuple[str, ...]) -> Prediction:
     """Inverse of :func:`pack_outputs` on the host, as probabilities: (N, C) -> Prediction."""
     parts: dict[str, torch.Tensor] = {}
     col = 0
-    for task in _TASK_ORDER:
+    for task in TASKS:
         if task in tasks:
-            parts[task] = torch.from_numpy(np.ascontiguousarray(scores[:, col : col + _TASK_WIDTH[task]]))
-            col += _TASK_WIDTH[task]
+            parts[task] = torch.from_numpy(np.ascontiguousarray(scores[:, col : col + TASK_WIDTHS[task]]))
+            col += TASK_WIDTHS[task]
     return to_prediction(HeadOutputs(va=parts.get("va"), expr_logits=parts.get("expr"), au_logits=parts.get("au")))
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from affstream.device import resolve_device
+from affstream.runtime import resolve_device
 from affstream.heads.mlp import MLPHead
 from affstream.train.losses import cvar, cvar_host_search, expr_loss
 from affstream.train.sam import SAM, sam_step

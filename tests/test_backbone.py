@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from affstream import weights
 from affstream.embed import backbone as bb
 from affstream.embed.backbone import Backbone, BackboneSpec, load_backbone
 from affstream.errors import ConfigError, WeightsError
@@ -170,7 +171,7 @@ def test_offline_tag_fails_fast_with_instructions(isolated_hf_cache, monkeypatch
 
 def test_unreachable_hub_fails_fast(isolated_hf_cache, monkeypatch):
     monkeypatch.delenv("AFFSTREAM_OFFLINE", raising=False)
-    monkeypatch.setattr(bb, "_hub_unreachable_reason", lambda: "simulated: no route")
+    monkeypatch.setattr(bb, "hub_unreachable_reason", lambda: "simulated: no route")
     start = time.monotonic()
     with pytest.raises(WeightsError, match="simulated: no route") as info:
         load_backbone("ViT-B-32:openai")
@@ -184,9 +185,9 @@ def test_probe_reports_a_closed_port(monkeypatch):
     for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", "https://127.0.0.1:1")
-    monkeypatch.setattr(bb, "_PROBE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(weights, "_PROBE_TIMEOUT_S", 1.0)
     start = time.monotonic()
-    reason = bb._hub_unreachable_reason()
+    reason = weights.hub_unreachable_reason()
     assert time.monotonic() - start < 3.0
     assert reason is not None and "127.0.0.1:1" in reason
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from affstream import metrics
+from affstream.train import metrics
 from affstream.errors import ConfigError, DataError
 from affstream.heads.base import read_card, save_head
 from affstream.heads.mlp import MLPHead
@@ -330,7 +330,7 @@ def test_export_people_list_single_task_and_a_faceless_person(bank, bank_path, m
 
 
 def test_tune_thresholds_defaults_to_the_training_split(bank, bank_path, mlp_path, tmp_path):
-    from affstream import metrics as m
+    from affstream.train import metrics as m
     from affstream.heads.base import load_head_checkpoint
     from affstream.train.evaluate import pool, predict_people
 

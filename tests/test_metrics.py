@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from affstream.errors import DataError
-from affstream.metrics import (
+from affstream.train.metrics import (
     au_f1,
     au_valid,
     ccc_np,

@@ -18,7 +18,7 @@ from affstream.config import DetectConfig
 from affstream.detect import boxes as B
 from affstream.detect.mtcnn import MTCNNDetector
 from affstream.errors import ConfigError, WeightsError
-from affstream.resources import shipped_dir
+from affstream.files import shipped_dir
 
 DATA = Path(__file__).parent / "data"
 

@@ -16,8 +16,6 @@ input contract: RGB float pixels normalised as ``(x - 127.5) * 0.0078125``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -32,7 +30,7 @@ from torchvision.ops import batched_nms
 from ..config import DetectConfig
 from ..errors import ConfigError, WeightsError
 from ..records import Detection
-from ..resources import shipped_dir
+from ..weights import load_verified_state
 from . import boxes as B
 
 log = logging.getLogger("affstream")
@@ -128,54 +126,6 @@ class ONet(nn.Module):
         x = F.max_pool2d(self.prelu3(self.conv3(x)), 2, 2, ceil_mode=True)
         x = self.prelu5(self.dense5(_flatten_whc(self.prelu4(self.conv4(x)))))
         return torch.softmax(self.dense6_1(x), dim=1)[:, 1], self.dense6_2(x), self.dense6_3(x)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_manifest(weights_dir: Path) -> dict[str, str]:
-    path = weights_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: weights manifest missing; reinstall affstream") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise WeightsError(f"{path}: weights manifest is not valid JSON; reinstall affstream") from None
-    if not isinstance(manifest, dict):
-        raise WeightsError(f"{path}: weights manifest must map file names to sha256; reinstall affstream")
-    return manifest
-
-
-def load_verified_state(relpath: str, weights_dir: Path | None = None) -> dict[str, torch.Tensor]:
-    """Load ``weights/<relpath>`` (safetensors) after checking its sha256 in the manifest.
-
-    Raises WeightsError naming the file when it is missing, unlisted, corrupt or unreadable.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    root = Path(weights_dir) if weights_dir is not None else shipped_dir("weights")
-    expected = _read_manifest(root).get(relpath)
-    path = root / relpath
-    if expected is None:
-        raise WeightsError(f"{path}: not listed in {root / 'manifest.json'}; reinstall affstream")
-    if not path.is_file():
-        raise WeightsError(f"{path}: MTCNN weight file missing; reinstall affstream")
-    actual = _sha256(path)
-    if actual != expected:
-        raise WeightsError(
-            f"{path}: checksum mismatch (sha256 {actual[:12]}..., expected {expected[:12]}...); "
-            "the file is corrupt, reinstall affstream"
-        )
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise WeightsError(f"{path}: cannot read weights ({exc}); reinstall affstream") from None
 
 
 def _build_net(net: nn.Module, relpath: str, weights_dir: Path | None, device: torch.device) -> nn.Module:

@@ -21,20 +21,25 @@ Weights are never replaced silently: when a pretrained tag cannot be had (offlin
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import os
-import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, WeightsError, first_line
+from ..files import sha256_file_cached
+from ..weights import (
+    cached_checkpoint,
+    checkpoint_sha256,
+    hf_offline,
+    hub_unreachable_reason,
+    missing_weights_message,
+    offline_requested,
+    open_clip_logs,
+)
 
 log = logging.getLogger("affstream")
 
@@ -44,7 +49,6 @@ RANDOM_SEED = 0
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-_PROBE_TIMEOUT_S = 4.0
 _registered = False
 
 
@@ -246,7 +250,7 @@ class Backbone:
         if self._tokenizer is None:
             import open_clip
 
-            with _open_clip_logs():
+            with open_clip_logs():
                 self._tokenizer = open_clip.get_tokenizer(self.spec.arch)
         outputs = []
         with torch.inference_mode(), self._autocast():
@@ -318,7 +322,7 @@ def load_backbone(
 def _as_device(device: str | torch.device) -> torch.device:
     if isinstance(device, torch.device):
         return device
-    from ..device import resolve_device
+    from ..runtime import resolve_device
 
     return resolve_device(str(device))
 
@@ -340,7 +344,7 @@ def _create_random(spec: BackboneSpec) -> torch.nn.Module:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
-        with _open_clip_logs():
+        with open_clip_logs():
             return open_clip.create_model(spec.arch, pretrained=None, device="cpu")
 
 
@@ -354,14 +358,14 @@ def _create_from_file(spec: BackboneSpec) -> tuple[torch.nn.Module, str]:
             "open_clip_weights (.safetensors, .bin, .pt or .pth)"
         )
     try:
-        with _open_clip_logs():
+        with open_clip_logs():
             model = open_clip.create_model(spec.arch, pretrained=str(path), device="cpu")
     except Exception as exc:  # open_clip raises bare RuntimeError/KeyError for bad files
         raise WeightsError(
-            f"{path}: cannot load as open_clip weights for {spec.arch} ({_first_line(exc)}); "
+            f"{path}: cannot load as open_clip weights for {spec.arch} ({first_line(exc)}); "
             "check that the file matches the architecture"
         ) from None
-    return model, file_sha256_cached(path)
+    return model, sha256_file_cached(path)
 
 
 def _create_pretrained(spec: BackboneSpec) -> tuple[torch.nn.Module, str | None]:
@@ -370,199 +374,29 @@ def _create_pretrained(spec: BackboneSpec) -> tuple[torch.nn.Module, str | None]
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
     cfg = get_pretrained_cfg(spec.arch, spec.source)
-    checkpoint = _cached_checkpoint(cfg)
+    checkpoint = cached_checkpoint(cfg)
     if checkpoint is None:
-        if os.environ.get("AFFSTREAM_OFFLINE", "").strip() not in ("", "0"):
+        if offline_requested():
             reason = "AFFSTREAM_OFFLINE is set"
-            raise WeightsError(_missing_weights_message(spec, reason, offline=True))
-        reason = _hub_unreachable_reason()
+            raise WeightsError(missing_weights_message(spec, reason, offline=True))
+        reason = hub_unreachable_reason()
         if reason:
-            raise WeightsError(_missing_weights_message(spec, reason))
+            raise WeightsError(missing_weights_message(spec, reason))
         log.info("downloading %s weights through open_clip (first use)", spec)
         try:
-            with _open_clip_logs():
+            with open_clip_logs():
                 checkpoint = download_pretrained(cfg)
         except Exception as exc:
-            raise WeightsError(_missing_weights_message(spec, _first_line(exc))) from None
+            raise WeightsError(missing_weights_message(spec, first_line(exc))) from None
     try:
         # The file is cached now: build without touching the network.
-        with _hf_offline(), _open_clip_logs():
+        with hf_offline(), open_clip_logs():
             model = open_clip.create_model(spec.arch, pretrained=spec.source, device="cpu")
     except Exception as exc:
         raise WeightsError(
-            f"backbone {spec}: cached weights {checkpoint} cannot be loaded ({_first_line(exc)}); "
+            f"backbone {spec}: cached weights {checkpoint} cannot be loaded ({first_line(exc)}); "
             "delete that file and run again to download it afresh"
         ) from None
-    return model, _checkpoint_sha256(Path(checkpoint))
+    return model, checkpoint_sha256(Path(checkpoint))
 
 
-def _cached_checkpoint(cfg: dict) -> str | None:
-    """Path of the tag's weights if already in the local (Hugging Face) cache, else None."""
-    from open_clip.pretrained import download_pretrained
-
-    try:
-        with _hf_offline(), _open_clip_logs():
-            path = download_pretrained(cfg)
-    except Exception:
-        return None
-    return path or None
-
-
-@contextlib.contextmanager
-def _hf_offline() -> Iterator[None]:
-    """Force huggingface_hub into offline mode (cache lookups only) for the block.
-
-    huggingface_hub reads HF_HUB_OFFLINE once at import, so its module constant is patched
-    as well as the environment variable; both are restored afterwards.
-    """
-    from huggingface_hub import constants
-
-    old_env, old_flag = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"], constants.HF_HUB_OFFLINE = "1", True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = old_flag
-        if old_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old_env
-
-
-def _hub_unreachable_reason() -> str | None:
-    """None if a TCP connection to the model hub (or the configured proxy) opens quickly.
-
-    Probing first turns minutes of HTTP retries into a few seconds when offline. Runs in
-    a daemon thread because name resolution ignores socket timeouts.
-    """
-    import socket
-    import urllib.parse
-    import urllib.request
-
-    from huggingface_hub import constants
-
-    parts = urllib.parse.urlsplit(constants.ENDPOINT)
-    host = parts.hostname or "huggingface.co"
-    port = parts.port or (80 if parts.scheme == "http" else 443)
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get("https") or proxies.get("all")
-    if proxy and not urllib.request.proxy_bypass(host):
-        target = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = target.hostname or host, target.port or 8080
-    outcome: list[str | None] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
-                outcome.append(None)
-        except OSError as exc:
-            outcome.append(f"cannot reach {host}:{port} ({exc.strerror or exc})")
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(_PROBE_TIMEOUT_S + 1.0)
-    if not outcome:
-        return f"no answer from {host}:{port} within {_PROBE_TIMEOUT_S:.0f} s"
-    return outcome[0]
-
-
-def _missing_weights_message(spec: BackboneSpec, reason: str, *, offline: bool = False) -> str:
-    one_liner = (
-        f"python -c \"import open_clip; open_clip.create_model('{spec.arch}', "
-        f"pretrained='{spec.source}')\""
-    )
-    tail = "" if offline else ", or set AFFSTREAM_OFFLINE=1 to never try the network"
-    # OpenAI's weights use QuickGELU; a local file must name the matching architecture.
-    file_arch = f"{spec.arch}-quickgelu" if spec.source == "openai" and "quickgelu" not in spec.arch else spec.arch
-    return (
-        f"backbone {spec}: weights are not in the local cache and cannot be downloaded "
-        f"({reason}); run once on a connected machine: {one_liner} (then copy its Hugging "
-        f"Face cache, ~/.cache/huggingface), or pass --backbone {file_arch}:/path/to/"
-        f"open_clip_weights{tail}"
-    )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
-
-
-class _RerouteOpenClipLogs(logging.Filter):
-    """open_clip logs through the root logger; pass its records to ours instead.
-
-    The per-call "initialized randomly" warning is expected for ``ARCH:random`` and is
-    demoted to DEBUG.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name != "root":
-            return True
-        message = record.getMessage()
-        level = record.levelno
-        if level < logging.WARNING or "No pretrained weights loaded" in message:
-            level = logging.DEBUG
-        log.log(level, "open_clip: %s", message)
-        return False
-
-
-@contextlib.contextmanager
-def _open_clip_logs() -> Iterator[None]:
-    """Route open_clip's root-logger records to "affstream" for the block.
-
-    A NullHandler guards a handler-less root logger, because module-level
-    ``logging.info`` calls would otherwise install a stderr handler (basicConfig).
-    """
-    root = logging.getLogger()
-    reroute = _RerouteOpenClipLogs()
-    guard = logging.NullHandler() if not root.handlers else None
-    root.addFilter(reroute)
-    if guard is not None:
-        root.addHandler(guard)
-    try:
-        yield
-    finally:
-        root.removeFilter(reroute)
-        if guard is not None:
-            root.removeHandler(guard)
-
-
-_SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _checkpoint_sha256(path: Path) -> str:
-    """sha256 of a cached checkpoint; Hugging Face names LFS blobs by it, so reuse that."""
-    blob = path.resolve()
-    if _SHA256_NAME.match(blob.name):
-        return blob.name
-    return file_sha256_cached(blob)
-
-
-def file_sha256_cached(path: Path) -> str:
-    """sha256 hex digest of ``path``, memoised in the affstream cache by (path, size, mtime).
-
-    Large weight files take seconds to hash; the memo makes later runs instant.
-    """
-    from ..resources import cache_dir
-
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    memo_path = cache_dir() / "sha256.json"
-    try:
-        memo = dict(json.loads(memo_path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        memo = {}
-    if key in memo:
-        return str(memo[key])
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    memo[key] = digest.hexdigest()
-    tmp = memo_path.with_name(f"{memo_path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(memo, indent=1, sort_keys=True), encoding="utf-8")
-        tmp.replace(memo_path)
-    except OSError as exc:
-        log.debug("could not write sha256 memo %s: %s", memo_path, exc)
-    return memo[key]

@@ -12,7 +12,6 @@ A checkpoint is two files side by side: ``NAME.safetensors`` (the state dict) an
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, WeightsError
+from ..files import atomic_path, atomic_write_text, sha256_file
 from ..labels import AU_LABELS, EXPR_LABELS
 from ..records import Prediction
 
@@ -152,14 +152,6 @@ def to_prediction(outputs: HeadOutputs) -> Prediction:
     )
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     """(weights, card) paths for a checkpoint given as either file or its stem."""
     path = Path(path)
@@ -168,31 +160,19 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def save_head(head: AffectHead, path: str | Path) -> Path:
-    """Write ``head`` as safetensors + JSON card, atomically (temp name, then rename)."""
-    from safetensors.torch import save_file
+    """Write ``head`` as safetensors + JSON card, each atomically; returns the weights path.
 
-    import os
-    import uuid
+    The weights are published first and the card last: a card that does not fit the
+    weights beside it is refused at load time (``build_from_card`` checks the shapes).
+    """
+    from safetensors.torch import save_file
 
     weights, card_path = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    token = uuid.uuid4().hex[:8]  # concurrent saves never share a temp name
-    tmp_w = weights.with_name(f".{weights.name}.{token}.tmp")
-    tmp_c = card_path.with_name(f".{card_path.name}.{token}.tmp")
-    try:
-        save_file(state, str(tmp_w), metadata={"affstream_card_version": str(CARD_VERSION)})
-        tmp_c.write_text(head.card.to_json() + "\n", encoding="utf-8")
-        for tmp in (tmp_w, tmp_c):
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-        # weights first, card last; a card that does not fit the weights beside it is
-        # refused at load time (build_from_card checks the shapes)
-        tmp_w.replace(weights)
-        tmp_c.replace(card_path)
-    finally:
-        tmp_w.unlink(missing_ok=True)
-        tmp_c.unlink(missing_ok=True)
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"affstream_card_version": str(CARD_VERSION)})
+    atomic_write_text(card_path, head.card.to_json() + "\n")
     return weights
 
 
@@ -228,4 +208,4 @@ def load_head_checkpoint(path: str | Path, device: torch.device | str = "cpu") -
     module_name, func_name = builder.split(":")
     build = getattr(importlib.import_module(module_name), func_name)
     head = build(card, state)
-    return head.to(device).eval(), file_sha256(weights)
+    return head.to(device).eval(), sha256_file(weights)

@@ -16,14 +16,13 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, WeightsError
-from ..labels import AU_LABELS, EXPR_LABELS
+from ..labels import TASK_WIDTHS
 from .base import AffectHead, HeadCard, HeadOutputs
 
 KIND = "mlp"
 DEFAULT_WIDTH = 768
 DEFAULT_DROPOUT = 0.6
 DEFAULT_HIDDEN_LAYERS = 3
-TASK_OUTPUTS: dict[str, int] = {"expr": len(EXPR_LABELS), "au": len(AU_LABELS), "va": 2}
 
 
 def _hidden_block(in_dim: int, width: int, dropout: float) -> nn.Sequential:
@@ -77,7 +76,7 @@ class MLPHead(AffectHead):
         self.card.validate(f"MLP head '{name}'")
         dims = [int(feature_dim)] + [int(width)] * hidden_layers
         self.trunk = nn.Sequential(*(_hidden_block(a, b, dropout) for a, b in zip(dims[:-1], dims[1:])))
-        self.outputs = nn.ModuleDict({task: nn.Linear(int(width), TASK_OUTPUTS[task]) for task in tasks})
+        self.outputs = nn.ModuleDict({task: nn.Linear(int(width), TASK_WIDTHS[task]) for task in tasks})
 
     def _hidden(self, flat: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         if rows is None:

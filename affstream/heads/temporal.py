@@ -29,9 +29,9 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError, WeightsError
 from ..temporal.windows import DEFAULT_WINDOW_LENGTH, DEFAULT_WINDOW_STRIDE
+from ..labels import TASK_WIDTHS
 from .base import AffectHead, HeadCard, HeadOutputs
 
-TASK_WIDTHS = {"va": 2, "expr": 8, "au": 12}
 _ARCH_KEYS = ("d_model", "tcn_dilations", "kernel_size", "n_layers", "n_heads", "dropout")
 
 

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -33,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, OutputError, WeightsError, first_line
+from ..files import atomic_path
 from ..labels import AU_LABELS, EXPR_LABELS
 from .base import AffectHead, HeadCard, HeadOutputs
 from .circumplex import circumplex_coords, describe as describe_circumplex, va_from_probs
@@ -234,7 +234,7 @@ def _cache_key(backbone: "Backbone", prompts: PromptSet) -> dict[str, Any]:
 
 
 def _cache_path(backbone: "Backbone", key: dict[str, Any]) -> Path:
-    from ..resources import cache_dir
+    from ..files import cache_dir
 
     spec = backbone.spec
     source = Path(spec.source).stem if spec.kind == "file" else spec.source
@@ -264,13 +264,12 @@ def _read_cache(path: Path, dim: int) -> dict[str, torch.Tensor] | None:
 def _write_cache(path: Path, tensors: dict[str, torch.Tensor], key: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent runs never collide
+    cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-        save_file(cpu, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
-        tmp.replace(path)
-    except OSError as exc:
+        with atomic_path(path) as tmp:  # concurrent runs never share a temporary name
+            save_file(cpu, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
+    except (OSError, OutputError) as exc:
         log.warning("could not write text-embedding cache %s (%s)", path, exc)
 
 
@@ -349,11 +348,6 @@ def build_from_card(card: HeadCard, state: dict[str, torch.Tensor]) -> TextHead:
         head.load_state_dict(state, strict=True)
     except (ValueError, RuntimeError) as exc:
         raise WeightsError(
-            f"text head '{card.name}': checkpoint does not match its card ({_first_line(exc)})"
+            f"text head '{card.name}': checkpoint does not match its card ({first_line(exc)})"
         ) from None
     return head
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

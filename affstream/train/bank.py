@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
+from ..files import PARTIAL_TAG, atomic_path
+from ..labels import TASKS
 from .affwild import SPLITS, PersonLabels, unannotated
 
 log = logging.getLogger("affstream")
@@ -57,7 +58,6 @@ PEOPLE_DIR = "people"
 DTYPES = ("float16", "float32")
 SOURCES = ("crops", "videos")
 TMP_MARK = ".tmp-"
-_LABEL_TASKS = ("expr", "au", "va")
 _ENTRY_KEYS = ("video", "split", "n_frames", "n_missing", "file")
 
 
@@ -112,17 +112,9 @@ def _validate_index(index_path: Path, index: Any) -> None:
 
 
 def _write_atomic(target: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary sibling, then rename onto ``target``."""
-    tmp = target.with_name(f"{target.name}{TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Call ``write(binary_file)`` on a temporary sibling, then publish it as ``target``."""
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        write(handle)
 
 
 def _write_index(path: Path, index: dict[str, Any]) -> None:
@@ -218,7 +210,7 @@ class FeatureBank:
         file = self.path / person_files(name)[2]
         try:
             with np.load(file, allow_pickle=False) as npz:
-                arrays = {t: (npz[t] if t in npz.files else None) for t in _LABEL_TASKS}
+                arrays = {t: (npz[t] if t in npz.files else None) for t in TASKS}
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(f"{file}: unreadable labels ({exc}); rebuild '{name}'") from None
         for task, values in arrays.items():
@@ -287,7 +279,8 @@ class BankWriter:
 
     def _remove_leftovers(self) -> None:
         """Delete temporary files of an interrupted run (that person will be redone)."""
-        for tmp in (self.path / PEOPLE_DIR).glob(f"*{TMP_MARK}*"):
+        people = self.path / PEOPLE_DIR
+        for tmp in [*people.glob(f"*{TMP_MARK}*"), *people.glob(f".*{PARTIAL_TAG}*")]:
             log.info("removing %s left by an interrupted run", tmp)
             tmp.unlink(missing_ok=True)
 
@@ -342,7 +335,7 @@ class BankWriter:
     @staticmethod
     def _label_arrays(labels: PersonLabels) -> dict[str, np.ndarray]:
         arrays = {}
-        for task in _LABEL_TASKS:
+        for task in TASKS:
             values = getattr(labels, task)
             if values is None:
                 continue

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
+from ..files import atomic_path, atomic_write_text
 from ..heads.base import checkpoint_paths
 
 log = logging.getLogger("affstream")
@@ -103,9 +103,8 @@ def save_resume(path: Path, state: ResumeState) -> None:
     tensors["rng/torch"] = _host(state.rng_torch)
     tensors.update({f"rng/cuda/{i}": _host(r) for i, r in enumerate(state.rng_cuda)})
     name = f"epoch-{state.epoch:04d}.safetensors"
-    tmp = path / f"{name}.tmp-{os.getpid()}"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path / name)
+    with atomic_path(path / name) as tmp:
+        save_file(tensors, str(tmp))
     meta = {
         "format": RESUME_FORMAT, "version": RESUME_VERSION, "tensors": name,
         "epoch": state.epoch, "step": state.step, "config": state.config,
@@ -113,9 +112,7 @@ def save_resume(path: Path, state: ResumeState) -> None:
         "best_metrics": state.best_metrics, "history": state.history,
         "optimizer": optim_meta, "n_cuda_rng": len(state.rng_cuda),
     }
-    tmp_json = path / f"{STATE_FILE}.tmp-{os.getpid()}"
-    tmp_json.write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp_json, path / STATE_FILE)
+    atomic_write_text(path / STATE_FILE, json.dumps(meta, indent=1, sort_keys=True))
     for old in path.glob("epoch-*.safetensors*"):
         if old.name != name:
             old.unlink(missing_ok=True)

@@ -30,19 +30,17 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..labels import ordered_tasks
 from ..temporal.windows import plan_windows
 from .affwild import unannotated
 from .bank import FeatureBank
 
-TASKS: tuple[str, ...] = ("expr", "au", "va")
-
-
 def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
-    """Validated tuple of task names in canonical order (expr, au, va)."""
-    tasks = tuple(tasks)
-    if not tasks or not set(tasks) <= set(TASKS):
-        raise ConfigError(f"tasks {list(tasks)}: use a non-empty subset of expr, au, va")
-    return tuple(t for t in TASKS if t in tasks)
+    """Validated tuple of task names in canonical order (``labels.TASKS``)."""
+    try:
+        return ordered_tasks(tasks)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def label_masks(labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import metrics
+from . import metrics
 from ..errors import ConfigError, DataError
+from ..files import atomic_write_text
 from ..heads.base import AffectHead, HeadCard, checkpoint_paths
 from ..labels import AU_LABELS, EXPR_LABELS
 from ..temporal.windows import gather_windows, plan_windows, stitch_windows
@@ -258,12 +258,7 @@ def check_compatible(card: HeadCard, bank: FeatureBank, head_path: str | Path) -
 def write_card(card: HeadCard, head_path: str | Path) -> Path:
     """Replace the JSON card of ``head_path`` atomically (temp file, then rename)."""
     _, card_path = checkpoint_paths(head_path)
-    tmp = card_path.with_name(card_path.name + f".tmp-{os.getpid()}")
-    try:
-        tmp.write_text(card.to_json() + "\n", encoding="utf-8")
-        os.replace(tmp, card_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(card_path, card.to_json() + "\n")
     return card_path
 
 
@@ -297,7 +292,7 @@ def evaluate_head(
     Raises ConfigError if the bank's backbone / feature_dim differ from the head's,
     DataError for a missing bank or an empty split, WeightsError for a bad checkpoint.
     """
-    from ..device import resolve_device
+    from ..runtime import resolve_device
     from ..heads.base import load_head_checkpoint, read_card
 
     bank = FeatureBank.open(features_dir)

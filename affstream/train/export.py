@@ -25,7 +25,6 @@ Files are written under temporary names and renamed once all are complete.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..files import atomic_write_text
 from ..labels import AU_LABELS, EXPR_LABELS, VA_LABELS
 from .bank import FeatureBank
 from .datasets import MemmapCache
@@ -125,7 +125,7 @@ def export_abaw(
     Raises ConfigError for a head/bank backbone mismatch or a task the head lacks,
     DataError for unknown people or an empty split.
     """
-    from ..device import resolve_device
+    from ..runtime import resolve_device
     from ..heads.base import load_head_checkpoint, read_card
 
     bank = FeatureBank.open(features_dir)
@@ -188,16 +188,7 @@ def _write_all(out_dir: Path, lines: dict[str, list[str]]) -> dict[str, Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir}: exists and is not a folder; choose another output")
     out_dir.mkdir(parents=True, exist_ok=True)
-    temps: dict[str, tuple[Path, Path]] = {}
-    try:
-        for task, content in lines.items():
-            target = out_dir / EXPORT_FILES[task]
-            tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-            tmp.write_text("\n".join(content) + "\n", encoding="utf-8")
-            temps[task] = (tmp, target)
-        for tmp, target in temps.values():
-            os.replace(tmp, target)
-    finally:
-        for tmp, _ in temps.values():
-            tmp.unlink(missing_ok=True)
-    return {task: target for task, (_, target) in temps.items()}
+    targets = {task: out_dir / EXPORT_FILES[task] for task in lines}
+    for task, content in lines.items():
+        atomic_write_text(targets[task], "\n".join(content) + "\n")
+    return targets

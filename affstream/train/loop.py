@@ -291,7 +291,7 @@ def _state_copy(model: AffectHead) -> dict[str, torch.Tensor]:
 
 
 def _setup(features_dir, cfg: TrainConfig, out: Path, device: str) -> _Run:
-    from ..device import resolve_device
+    from ..runtime import resolve_device
 
     bank = FeatureBank.open(features_dir)
     train_names = bank.split(cfg.train_split)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from .atomic import AtomicFile, atomic_path, atomic_write_text
+from ..files import AtomicFile, atomic_path, atomic_write_text
 from .columns import COLUMN_DOCS, CSV_COLUMNS, format_row
 from .csv import CsvWriter
 from .report import dumps_report, to_jsonable, write_report

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ..records import FrameAnnotation
-from .atomic import AtomicFile
+from ..files import AtomicFile
 from .columns import CSV_COLUMNS, format_row
 
 

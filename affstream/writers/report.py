@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from ..files import atomic_write_text
 
 
 def to_jsonable(value: Any, where: str = "report") -> Any:

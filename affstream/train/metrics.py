@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DataError
-from .labels import AU_LABELS, EXPR_LABELS
+from ..errors import DataError
+from ..labels import AU_LABELS, EXPR_LABELS
 
 EXPR_MISSING = -1
 AU_MISSING = -1

@@ -1,24 +1,34 @@
-"""Atomic file output: write to a temporary file beside the target, then rename.
+"""Files: where shipped data and caches live, checksums, and atomic output.
 
-An output file only ever appears under its final name once it is complete: the data
-goes to a temporary file in the same directory, named ``.NAME.partial-<random><suffix>``
-(the hidden prefix keeps it out of globs such as ``*.csv``; the trailing suffix keeps
-tools that guess a format from the extension working), which is flushed, fsync'ed and
-then renamed onto ``NAME`` with :func:`os.replace` (atomic on POSIX and Windows within
-one filesystem). An interrupted run therefore never leaves a truncated ``NAME`` behind
-and never clobbers a previous complete ``NAME``.
+Shipped data. A wheel carries ``pipelines/`` and ``weights/`` under ``affstream/_data/``;
+an editable install or a source checkout reads them from the repository root
+(:func:`shipped_dir`). Derived artefacts go to :func:`cache_dir`.
 
-Three entry points share that logic:
+Checksums. :func:`sha256_file` is the one sha256 of a file; :func:`sha256_file_cached`
+memoises it by (path, size, mtime) for large weight files.
 
-* :class:`AtomicFile`   -- an open text file for streaming writers (``commit`` / ``discard``);
-* :func:`atomic_path`   -- a context manager yielding a temporary *path* for code that opens
-  the file itself (e.g. a video muxer);
-* :func:`atomic_write_text` -- write a whole string at once.
+Atomic output. An output file only ever appears under its final name once it is
+complete: the data goes to a temporary file in the same directory, named
+``.NAME.partial-<random><suffix>`` (the hidden prefix keeps it out of globs such as
+``*.csv``; the trailing suffix keeps tools that guess a format from the extension
+working), which is flushed, fsync'ed and then renamed onto ``NAME`` with
+:func:`os.replace` (atomic on POSIX and Windows within one filesystem). An interrupted
+run therefore never leaves a truncated ``NAME`` behind and never clobbers a previous
+complete ``NAME``. Every writer of the package goes through one of:
+
+* :class:`AtomicFile`        -- an open text file for streaming writers (``commit`` / ``discard``);
+* :func:`atomic_path`        -- a temporary *path* for code that opens the file itself
+  (a video muxer, ``safetensors.save_file``, ``np.save``);
+* :func:`atomic_write_text` / :func:`atomic_write_bytes` -- a whole content at once.
+
+Nothing here does work at import time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import secrets
@@ -26,9 +36,87 @@ import weakref
 from pathlib import Path
 from typing import IO, Iterator
 
-from ..errors import AffstreamError
+from .errors import ConfigError, OutputError
 
 log = logging.getLogger("affstream")
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_HASH_CHUNK = 1 << 20  # bytes read per step while hashing
+
+
+# ------------------------------------------------------------------ shipped data, cache
+
+
+def shipped_dir(name: str) -> Path:
+    """Directory of shipped data ``name`` ("pipelines" or "weights").
+
+    Raises FileNotFoundError if the installation is incomplete.
+    """
+    for candidate in (_PACKAGE_DIR / "_data" / name, _PACKAGE_DIR.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"affstream's shipped '{name}' directory is missing; reinstall affstream")
+
+
+def cache_dir() -> Path:
+    """Per-user cache for downloaded or derived artefacts ($XDG_CACHE_HOME/affstream).
+
+    ``AFFSTREAM_CACHE`` overrides the location. The directory is created on demand;
+    ConfigError if it cannot be.
+    """
+    root = os.environ.get("AFFSTREAM_CACHE")
+    if root:
+        path = Path(root)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(base) / "affstream"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use cache directory {path} ({exc.strerror or exc}); "
+            "set AFFSTREAM_CACHE to a writable directory"
+        ) from None
+    return path
+
+
+# ----------------------------------------------------------------------------- checksums
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 hex digest of the bytes of ``path`` (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file_cached(path: str | Path) -> str:
+    """:func:`sha256_file`, memoised in the cache by (resolved path, size, mtime).
+
+    Large weight files take seconds to hash; the memo makes later runs instant. A memo
+    that cannot be read or written is ignored (the digest is still returned).
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_path = cache_dir() / "sha256.json"
+    try:
+        memo = dict(json.loads(memo_path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        memo = {}
+    if key in memo:
+        return str(memo[key])
+    memo[key] = sha256_file(path)
+    try:
+        atomic_write_text(memo_path, json.dumps(memo, indent=1, sort_keys=True))
+    except OutputError as exc:
+        log.debug("could not write sha256 memo %s: %s", memo_path, exc)
+    return memo[key]
+
+
+# -------------------------------------------------------------------------- atomic output
 
 PARTIAL_TAG = ".partial-"
 """Marker in every temporary file name: ``.NAME.partial-<8 hex digits><suffix>``."""
@@ -37,14 +125,14 @@ _CREATE_ATTEMPTS = 16
 
 
 def _check_target(path: Path) -> None:
-    """Raise AffstreamError if ``path`` cannot become a regular output file."""
+    """Raise OutputError if ``path`` cannot become a regular output file."""
     parent = path.parent
     if not parent.is_dir():
-        raise AffstreamError(
+        raise OutputError(
             f"{path}: output folder '{parent}' does not exist; create it or choose another output path"
         )
     if path.is_dir():
-        raise AffstreamError(f"{path}: is a folder; give a file name for the output")
+        raise OutputError(f"{path}: is a folder; give a file name for the output")
 
 
 def _create_temp(path: Path) -> tuple[Path, int]:
@@ -62,10 +150,10 @@ def _create_temp(path: Path) -> tuple[Path, int]:
         except FileExistsError:
             continue
         except OSError as exc:
-            raise AffstreamError(
+            raise OutputError(
                 f"{path}: cannot create an output file here ({exc.strerror}); check the folder's permissions"
             ) from None
-    raise AffstreamError(f"{path}: could not pick a free temporary file name; clean up '.{path.name}.partial-*'")
+    raise OutputError(f"{path}: could not pick a free temporary file name; clean up '.{path.name}.partial-*'")
 
 
 def _fsync_file(path: Path) -> None:
@@ -96,7 +184,7 @@ def _publish(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         _remove_quietly(tmp)
-        raise AffstreamError(f"{path}: cannot replace the output file ({exc.strerror})") from None
+        raise OutputError(f"{path}: cannot replace the output file ({exc.strerror})") from None
     _fsync_dir(path.parent)
     log.debug("wrote %s", path)
 
@@ -202,3 +290,9 @@ def atomic_write_text(path: str | Path, text: str, *, encoding: str = "utf-8") -
         out.discard()
         raise
     out.commit()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
