@@ -1,10 +1,23 @@
-"""Typed records passed between pipeline stages.
+"""Typed records passed between pipeline stages, and the records of a whole run.
 
-The data flow is ``decode -> detect -> track -> align -> embed -> head -> write``;
-each arrow carries one of the records below. Records are small frozen dataclasses;
-array fields document their shape, dtype and unit. Frame indices are **1-based**
-decode indices (frame 1 is the first decoded frame), as OpenFace and Aff-Wild2 count.
-Times are seconds from the stream's presentation timestamps (PTS), never index / fps.
+The data flow is ``decode -> detect -> track -> align -> embed -> [window] -> head -> write``;
+each arrow carries one of the records below:
+
+    source    VideoInfo (metadata), Frame (one decoded picture), DecodeStats (error tally)
+    detect    Detection; track: TrackedFace, FrameFaces (all faces of one frame)
+    embed     FaceChunk (consecutive frames, their faces and one feature row per face)
+    window    ReadyWindow (one track's window for a temporal head)
+    head      Prediction; rows: FrameAnnotation (one output row)
+    run       RunCounts, RunReport (the JSON report), InputResult (one input of many)
+
+Records are small dataclasses, frozen where nothing updates them; array fields
+document their shape, dtype and unit.
+
+Names. Inside the library a frame is always ``frame_index`` (**1-based** decode index:
+frame 1 is the first decoded frame, as OpenFace and Aff-Wild2 count) and a face identity
+is always ``track_id`` (0-based; -1 on the row of a frame without a face). The CSV keeps
+the OpenFace column names ``frame`` and ``face_id`` for the same two values. Times are
+seconds from the stream's presentation timestamps (PTS), never index / fps.
 
 This module must stay importable without torch: tensor-typed fields are annotated
 with ``Any`` and documented.
@@ -13,6 +26,7 @@ with ``Any`` and documented.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,7 +91,7 @@ class Frame:
     image:  (H, W, 3) uint8 RGB, C-contiguous, already rotated upright.
     """
 
-    index: int
+    frame_index: int
     time_s: float
     image: np.ndarray
 
@@ -120,49 +134,55 @@ class FrameFaces:
     ``faces`` may be empty (no face in this frame).
     """
 
-    index: int
+    frame_index: int
     time_s: float
     faces: tuple[TrackedFace, ...]
 
 
 @dataclass(frozen=True, eq=False)
-class CropBatch:
-    """N aligned, normalised face crops gathered from many frames.
+class FaceChunk:
+    """Consecutive frames, their tracked faces and the faces' features.
 
-    crops:       torch.Tensor (N, 3, S, S) float32 on the pipeline device, normalised with
-                 the backbone's mean/std; S is the backbone's input size.
-    frame_index: (N,) int64, 1-based frame index of each crop.
-    track_id:    (N,) int64.
+    frames:   the frames in decode order, each with its tracked faces (maybe none).
+    features: torch.Tensor (N, D) float32 on the pipeline device, L2-normalised; row i
+              belongs to ``frames[owner[i]]``, faces in the order of ``FrameFaces.faces``.
+    owner:    (N,) int64 index into ``frames``.
     """
 
-    crops: Any
-    frame_index: np.ndarray
-    track_id: np.ndarray
+    frames: tuple[FrameFaces, ...]
+    features: Any
+    owner: np.ndarray
 
-    def __len__(self) -> int:
-        return int(self.frame_index.shape[0])
+    def per_frame_features(self) -> list[np.ndarray]:
+        """Host copy split per frame: a list of (n_faces_k, D) float32 arrays."""
+        host = self.features.float().cpu().numpy()
+        counts = [len(f.faces) for f in self.frames]
+        return np.split(host, np.cumsum(counts)[:-1]) if counts else []
 
 
 @dataclass(frozen=True, eq=False)
-class FeatureBatch:
-    """N face embeddings from the backbone.
+class ReadyWindow:
+    """One window of one track, ready for a temporal head.
 
-    features:    (N, D) float32 on the host, L2-normalised projected image embeddings.
-    frame_index: (N,) int64, 1-based.
-    track_id:    (N,) int64.
+    track_id:    the track the window belongs to.
+    start:       position of its first frame in the track's sequence (0-based).
+    frame_index: (w_valid,) int64, 1-based video frame of each position.
+    features:    (w_valid, D) float32; the caller pads to w with mask False.
     """
 
-    features: np.ndarray
+    track_id: int
+    start: int
     frame_index: np.ndarray
-    track_id: np.ndarray
+    features: np.ndarray
 
-    def __len__(self) -> int:
+    @property
+    def valid_length(self) -> int:
         return int(self.frame_index.shape[0])
 
 
 @dataclass(frozen=True, eq=False)
 class Prediction:
-    """Head outputs for N faces (rows align with a FeatureBatch).
+    """Head outputs for N faces (rows align with the features of a FaceChunk).
 
     Any task the head does not predict is ``None``.
 
@@ -181,17 +201,18 @@ class Prediction:
 class FrameAnnotation:
     """One output row: one face of one frame, or a frame with no face.
 
-    For a frame with no face: ``face_id == -1``, ``success`` False, ``confidence`` 0,
-    ``box_xyxy`` and all outputs ``None``.
+    For a frame with no face: ``track_id == -1``, ``success`` False, ``confidence`` 0,
+    ``box_xyxy`` and all outputs ``None``. Written as the CSV columns ``frame``
+    (``frame_index``) and ``face_id`` (``track_id``).
 
     box_xyxy:   (4,) float32 pixels of the upright frame, or None.
     expr_probs: (8,) float32 or None; au_probs / au_present: (12,) or None.
     expression: index into ``labels.EXPR_LABELS`` of the most probable class, or None.
     """
 
-    frame: int
+    frame_index: int
     time_s: float
-    face_id: int
+    track_id: int
     confidence: float
     success: bool
     box_xyxy: np.ndarray | None = None
@@ -201,3 +222,115 @@ class FrameAnnotation:
     expr_probs: np.ndarray | None = None
     au_probs: np.ndarray | None = None
     au_present: np.ndarray | None = None
+
+
+# ------------------------------------------------------------------------ run records
+
+
+@dataclass
+class RunCounts:
+    """What one annotation run produced (mutable: filled in while rows flow).
+
+    frames_written counts frames with at least one row (every frame gets one);
+    rows counts CSV rows; tracks the distinct track ids with a face row.
+    """
+
+    frames_decoded: int = 0
+    frames_written: int = 0
+    rows: int = 0
+    frames_with_faces: int = 0
+    tracks: int = 0
+    decode_errors: int = 0
+    frames_without_pts: int = 0
+    decode_error_messages: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "frames_decoded": self.frames_decoded,
+            "frames_written": self.frames_written,
+            "rows": self.rows,
+            "frames_with_faces": self.frames_with_faces,
+            "tracks": self.tracks,
+            "decode_errors": self.decode_errors,
+            "frames_without_pts": self.frames_without_pts,
+            "decode_error_messages": list(self.decode_error_messages),
+        }
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """The per-video JSON report (``OUT/<stem>.json``); :meth:`to_dict` is its JSON form.
+
+    meaningful: False when any model producing the outputs has random weights; then
+                ``warning`` says so. config / backbone / head: plain JSON-ready dicts
+                (the effective configuration, the models' identities). timings:
+                ``wall_s``, ``frames_per_s`` and seconds/calls per stage.
+    """
+
+    affstream_version: str
+    meaningful: bool
+    warning: str | None
+    source: VideoInfo
+    outputs: dict[str, Any]
+    config: dict[str, Any]
+    device: str
+    backbone: dict[str, Any]
+    head: dict[str, Any]
+    counts: RunCounts
+    wall_s: float
+    frames_per_s: float
+    stage_times: dict[str, dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "affstream_version": self.affstream_version,
+            "meaningful": self.meaningful,
+            "warning": self.warning,
+            "source": self.source.to_dict(),
+            "outputs": dict(self.outputs),
+            "config": self.config,
+            "device": self.device,
+            "backbone": self.backbone,
+            "head": self.head,
+            "counts": self.counts.to_dict(),
+            "timings": {
+                "wall_s": round(self.wall_s, 6),
+                "frames_per_s": round(self.frames_per_s, 3),
+                "stages": self.stage_times,
+            },
+        }
+
+
+INPUT_DONE = "done"
+INPUT_FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class InputResult:
+    """The outcome of one input of a many-input run (``annotate a.mp4 b.mp4 ...``).
+
+    status:  ``"done"`` (outputs written) or ``"failed"`` (``error`` says why, in one
+             line naming the input; nothing was published under the output names).
+    outputs: {"csv": path, "json": path} of the published files (empty when failed).
+    report:  the run's report when done, else None.
+    seconds: wall-clock time spent on this input.
+    """
+
+    path: str
+    status: str
+    error: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    report: RunReport | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == INPUT_DONE
+
+    @property
+    def csv_path(self) -> Path | None:
+        return Path(self.outputs["csv"]) if "csv" in self.outputs else None
+
+    @property
+    def json_path(self) -> Path | None:
+        return Path(self.outputs["json"]) if "json" in self.outputs else None

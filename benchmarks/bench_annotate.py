@@ -5,6 +5,11 @@ Each (clip, pipeline) pair runs in its own subprocess so peak RSS is per run:
     python benchmarks/bench_annotate.py --pipeline smoke --clips tests/data/single_face.mp4 tests/data/WolfgangLanger_Pexels.mp4
     python benchmarks/bench_annotate.py --backbone ViT-B-32:random --device cuda
 
+Before/after a change, in one run: check the old commit out beside the tree
+(``git worktree add /tmp/old COMMIT``) and pass ``--baseline-tree /tmp/old --repeat 5``;
+runs of the two trees are interleaved and the table gains a ratio row (median
+frames/s of this tree over the baseline's).
+
 Prints a Markdown table (a benchmark script may print; the library never does).
 """
 
@@ -12,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,10 +33,11 @@ if args["threads"]:
 t0 = time.perf_counter()
 config = resolve_config(args["pipeline"], backbone=args["backbone"], device=args["device"], batch_size=args["batch_size"])
 if args["detect_batch"]:
-    config = config.with_overrides(detect={"batch_frames": args["detect_batch"]})
+    config = config.with_overrides(schedule={"detect_batch_frames": args["detect_batch"]})
 files = annotate_to_files(args["clip"], args["out"], pipeline=config)
 total = time.perf_counter() - t0
 r = files.report
+r = r.to_dict() if hasattr(r, "to_dict") else r  # a RunReport (older versions: a dict)
 peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 print(json.dumps({"counts": r["counts"], "timings": r["timings"], "device": r["device"], "backbone": r["backbone"]["spec"],
                   "total_s_with_load": total, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -37,12 +45,17 @@ print(json.dumps({"counts": r["counts"], "timings": r["timings"], "device": r["d
 """
 
 
-def run_one(clip: str, args: argparse.Namespace) -> dict:
+def run_one(clip: str, args: argparse.Namespace, tree: str | None = None) -> dict:
+    """One annotation in a fresh process; ``tree``: import affstream from that source tree."""
+    env = dict(os.environ)
+    if tree:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.abspath(tree), env.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() as out:
-        payload = json.dumps({"clip": clip, "out": out, "pipeline": args.pipeline, "backbone": args.backbone,
-                              "device": args.device, "batch_size": args.batch_size, "threads": args.threads,
-                              "detect_batch": args.detect_batch})
-        proc = subprocess.run([sys.executable, "-c", CHILD, payload], capture_output=True, text=True)
+        payload = json.dumps({"clip": os.path.abspath(clip), "out": out, "pipeline": args.pipeline,
+                              "backbone": args.backbone, "device": args.device, "batch_size": args.batch_size,
+                              "threads": args.threads, "detect_batch": args.detect_batch})
+        proc = subprocess.run([sys.executable, "-c", CHILD, payload], capture_output=True, text=True,
+                              env=env, cwd=out, check=False)
         if proc.returncode != 0:
             raise SystemExit(f"{clip}: benchmark run failed:\n{proc.stderr[-2000:]}")
         return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -58,7 +71,12 @@ def main() -> None:
     parser.add_argument("--detect-batch", type=int, default=None, help="frames per detector call")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--json", action="store_true", help="print raw JSON lines instead of a table")
+    parser.add_argument("--baseline-tree", default=None, help="source tree of an older commit to compare with")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per clip (and per tree); the median is shown")
     args = parser.parse_args()
+    if args.baseline_tree:
+        compare(args)
+        return
     print(f"machine: {platform.machine()} {platform.processor() or ''}, python {platform.python_version()}")
     stages = ("decode", "detect", "track", "align", "embed", "head")
     print("| clip | backbone | device | frames | rows | wall s | frames/s | " + " | ".join(f"{s} s" for s in stages) + " | peak RSS MiB | peak GPU MiB |")
@@ -73,6 +91,23 @@ def main() -> None:
         gpu = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}"
         print(f"| {clip.split('/')[-1]} | {r['backbone']} | {r['device']} | {r['counts']['frames_written']} | {r['counts']['rows']} | "
               f"{r['timings']['wall_s']:.2f} | {r['timings']['frames_per_s']:.1f} | " + " | ".join(cells) + f" | {r['peak_rss_mib']:.0f} | {gpu} |")
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Interleaved runs of the baseline tree and this tree; median frames/s and their ratio."""
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, python {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs; {args.repeat} interleaved run(s) per tree")
+    print("| clip | baseline frames/s (runs) | this tree frames/s (runs) | ratio this/baseline |")
+    print("|---|---|---|---|")
+    for clip in args.clips:
+        rates: dict[str, list[float]] = {"baseline": [], "this": []}
+        for _ in range(args.repeat):
+            rates["baseline"].append(run_one(clip, args, args.baseline_tree)["timings"]["frames_per_s"])
+            rates["this"].append(run_one(clip, args, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                                 ["timings"]["frames_per_s"])
+        base, this = statistics.median(rates["baseline"]), statistics.median(rates["this"])
+        print(f"| {clip.split('/')[-1]} | {base:.2f} ({', '.join(f'{r:.1f}' for r in rates['baseline'])}) | "
+              f"{this:.2f} ({', '.join(f'{r:.1f}' for r in rates['this'])}) | {this / base:.3f} |")
 
 
 if __name__ == "__main__":

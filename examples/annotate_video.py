@@ -30,13 +30,13 @@ def main() -> None:
     for row in run:
         if row.success:
             expressions[EXPR_LABELS[row.expression]] += 1
-    report = run.report()
-    if not report["meaningful"]:
-        print("note:", report["warning"])
-    counts = report["counts"]
-    print(f"{counts['frames_written']} frames, {counts['frames_with_faces']} with a face, {counts['tracks']} track(s)")
+    report = run.report()  # a RunReport; report.to_dict() is the JSON report
+    if not report.meaningful:
+        print("note:", report.warning)
+    counts = report.counts
+    print(f"{counts.frames_written} frames, {counts.frames_with_faces} with a face, {counts.tracks} track(s)")
     print("most frequent expressions:", expressions.most_common(3))
-    print(f"{report['timings']['frames_per_s']:.1f} frames/s on {report['device']}")
+    print(f"{report.frames_per_s:.1f} frames/s on {report.device}")
 
 
 if __name__ == "__main__":

@@ -10,14 +10,11 @@ import torch
 from click.testing import CliRunner
 
 from affstream.cli import main
-from affstream.cli_train import register
 from affstream.heads.base import read_card, save_head
 from affstream.heads.mlp import MLPHead
 from affstream.train.bank import FeatureBank
 from synth_affwild import make_affwild_root, make_feature_bank, read_manifest
 
-if "train" not in main.commands:
-    register(main)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -74,7 +74,7 @@ def test_annotate_cuda_matches_cpu(single_face_mp4):
     gpu = load_stages(resolve_config("smoke", device="cuda", batch_size=64).with_overrides(embed={"precision": "fp32"}))
     rows_cpu = list(affstream.annotate(single_face_mp4, stages=cpu))
     rows_gpu = list(affstream.annotate(single_face_mp4, stages=gpu))
-    assert [(r.frame, r.face_id) for r in rows_cpu] == [(r.frame, r.face_id) for r in rows_gpu]
+    assert [(r.frame_index, r.track_id) for r in rows_cpu] == [(r.frame_index, r.track_id) for r in rows_gpu]
     assert_same_faces([r.box_xyxy for r in rows_cpu], [r.box_xyxy for r in rows_gpu])
     probs_c = np.stack([r.expr_probs for r in rows_cpu])
     probs_g = np.stack([r.expr_probs for r in rows_gpu])

@@ -36,7 +36,7 @@ def test_single_face_counts_times_and_images(single_face_mp4):
     frames, stats = decode_all(single_face_mp4)
     assert len(frames) == 72
     assert stats.frames == 72 and stats.errors == 0 and stats.error_messages == []
-    assert [frame.index for frame in frames] == list(range(1, 73))
+    assert [frame.frame_index for frame in frames] == list(range(1, 73))
     times = times_of(frames)
     assert times[0] == pytest.approx(0.0, abs=1e-9)
     assert np.all(np.diff(times) > 0)
@@ -85,7 +85,7 @@ def test_still_image_is_one_frame_at_zero(request, fixture, shape):
     path = request.getfixturevalue(fixture)
     frames, stats = decode_all(path)
     assert len(frames) == 1 and stats.frames == 1 and stats.errors == 0
-    assert frames[0].index == 1 and frames[0].time_s == 0.0
+    assert frames[0].frame_index == 1 and frames[0].time_s == 0.0
     assert frames[0].image.shape == shape
     # RGB channel order, same picture as Pillow decodes (decoders differ by rounding only)
     with Image.open(path) as reference:

@@ -13,11 +13,10 @@ import torch
 from click.testing import CliRunner
 
 from affstream.cli import main
-from affstream.cli_train import register
 from affstream.errors import DataError, SourceError
 from affstream.heads.base import save_head
 from affstream.heads.mlp import MLPHead
-from affstream.io.decode import iter_frames
+from affstream.io import iter_frames
 from affstream.records import DecodeStats, Detection, FrameFaces, TrackedFace
 from affstream.train.bank import FeatureBank
 from affstream.train.export import EXPORT_FILES, export_abaw
@@ -25,8 +24,6 @@ from affstream.train.features import build_feature_bank, count_video_frames
 from media import write_cfr_clip
 from synth_affwild import DATA, make_affwild_root, read_manifest, write_test_crops
 
-if "export-abaw" not in main.commands:
-    register(main)
 
 TINY = "affstream-tiny:random"
 TASKS = ("expr", "au", "va")
@@ -251,7 +248,7 @@ def _fake_face_features(frames_per_video, faceless):
             feats = np.zeros((len(xs), backbone.feature_dim), np.float32)
             for i, x in enumerate(xs):
                 feats[i, :2] = (k, x)
-            yield FrameFaces(index=k, time_s=k / 25, faces=faces), feats
+            yield FrameFaces(frame_index=k, time_s=k / 25, faces=faces), feats
 
     return fake
 

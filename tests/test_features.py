@@ -243,7 +243,7 @@ def make_fake_face_features(seen, n_frames):
             feats = np.zeros((len(faces), backbone.feature_dim), dtype=np.float32)
             for i, (x, _, _) in enumerate(scene):
                 feats[i, :2] = (k, x)
-            yield FrameFaces(index=k, time_s=k / 25, faces=faces), feats
+            yield FrameFaces(frame_index=k, time_s=k / 25, faces=faces), feats
 
     return fake
 

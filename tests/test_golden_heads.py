@@ -85,7 +85,7 @@ def _rows_to_lists(rows) -> list[dict]:
 
     return [
         {
-            "frame": int(r.frame), "time_s": float(r.time_s), "face_id": int(r.face_id),
+            "frame": int(r.frame_index), "time_s": float(r.time_s), "face_id": int(r.track_id),
             "success": bool(r.success), "confidence": float(r.confidence), "box_xyxy": vec(r.box_xyxy),
             "valence": None if r.valence is None else float(r.valence),
             "arousal": None if r.arousal is None else float(r.arousal),
@@ -145,7 +145,7 @@ def test_annotate_rows_match_golden(base, single_face_mp4, name):
 def test_temporal_two_tracks_match_golden(base, tmp_path):
     clip = make_two_face_clip(tmp_path / "two.mp4", frames=45)
     rows = list(affstream.annotate(clip, stages=_stages_for(base, "temporal")))
-    assert {r.face_id for r in rows} == {0, 1}
+    assert {r.track_id for r in rows} == {0, 1}
     _check("rows_temporal_two_faces", _rows_to_lists(rows))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import affstream
 from affstream.api import annotate_to_files, iter_face_features, resolve_config
-from affstream.io.decode import iter_frames
+from affstream.io import iter_frames
 from affstream.pipeline import load_stages
 from affstream.records import DecodeStats
 from affstream.writers.columns import CSV_COLUMNS
@@ -57,7 +57,7 @@ def test_no_face_clip_rows_are_empty(no_face_mp4, tmp_path, smoke_stages):
     rows = read_rows(files.csv_path)
     assert len(rows) == decoded_count(no_face_mp4)
     assert all(r["face_id"] == "-1" and r["success"] == "0" and r["valence"] == "" for r in rows)
-    assert files.report["counts"]["frames_with_faces"] == 0
+    assert files.report.counts.frames_with_faces == 0
 
 
 def test_variable_frame_rate_times_follow_pts(vfr_clip, tmp_path, smoke_stages):
@@ -71,7 +71,7 @@ def test_variable_frame_rate_times_follow_pts(vfr_clip, tmp_path, smoke_stages):
 
 def test_rotated_clip_is_reported_upright(rotated_clip, tmp_path, smoke_stages):
     files = annotate_to_files(rotated_clip, tmp_path, stages=smoke_stages)
-    source = files.report["source"]
+    source = files.report.to_dict()["source"]
     assert source["rotation_deg"] in (90, 270)
     assert source["height"] > source["width"]
     assert len(read_rows(files.csv_path)) == decoded_count(rotated_clip)
@@ -81,14 +81,14 @@ def test_two_faces_keep_two_stable_ids(tmp_path, smoke_stages):
     clip = make_two_face_clip(tmp_path / "two.mp4", frames=30)
     run = affstream.annotate(clip, stages=smoke_stages)
     rows = list(run)
-    assert run.frames_done == 30
+    assert run.counts.frames_written == 30
     faces = [r for r in rows if r.success]
-    assert {r.face_id for r in faces} == {0, 1}
+    assert {r.track_id for r in faces} == {0, 1}
     # every frame has both faces, and each id stays on its side of the picture
     assert len(faces) == 60
     centre = {0: [], 1: []}
     for r in faces:
-        centre[r.face_id].append((r.box_xyxy[0] + r.box_xyxy[2]) / 2)
+        centre[r.track_id].append((r.box_xyxy[0] + r.box_xyxy[2]) / 2)
     left, right = (0, 1) if np.mean(centre[0]) < np.mean(centre[1]) else (1, 0)
     assert max(centre[left]) < min(centre[right])
     # face A drifts right, face B drifts left, 2 px per frame
@@ -105,14 +105,14 @@ def test_multi_face_photo_gives_five_faces(multi_face_jpg, tmp_path, smoke_stage
 
 def test_iter_face_features_matches_annotation_frames(single_face_mp4, smoke_stages):
     items = list(iter_face_features(single_face_mp4, stages=smoke_stages))
-    assert [f.index for f, _ in items] == list(range(1, 73))
+    assert [f.frame_index for f, _ in items] == list(range(1, 73))
     feats = np.concatenate([x for _, x in items])
     assert feats.shape == (72, smoke_stages.backbone.feature_dim)
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-4)
 
 
 def test_interrupted_run_leaves_no_final_file(single_face_mp4, tmp_path, smoke_stages, monkeypatch):
-    from affstream import predict
+    from affstream.pipeline import predict
 
     calls = {"n": 0}
     original = predict.FramePredictor.feed
@@ -154,16 +154,16 @@ def test_resolution_change_mid_stream(tmp_path, smoke_stages):
     assert expected >= 14
     run = affstream.annotate(joined, stages=smoke_stages)
     rows = list(run)
-    assert [r.frame for r in rows] == list(range(1, expected + 1))
+    assert [r.frame_index for r in rows] == list(range(1, expected + 1))
 
 
 def test_faceless_stretches_are_not_held_back(no_face_mp4, smoke_stages, monkeypatch):
-    from affstream import faces
-    from affstream.faces import FaceExtractor
+    from affstream.config import ScheduleConfig
+    from affstream.pipeline.faces import FaceSteps
+    from affstream.pipeline.offline import iter_face_chunks
 
-    monkeypatch.setattr(faces, "MAX_POOLED_FRAMES", 32)
     frames = iter_frames(no_face_mp4, stats=DecodeStats())
-    chunks = list(FaceExtractor(smoke_stages).iter_chunks(frames))
+    chunks = list(iter_face_chunks(FaceSteps(smoke_stages), frames, ScheduleConfig(embed_pool_frames=32)))
     assert len(chunks) >= 3
     assert max(len(c.frames) for c in chunks) <= 32 + 16
 

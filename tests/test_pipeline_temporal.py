@@ -12,7 +12,7 @@ from affstream.api import iter_face_features, resolve_config
 from affstream.heads.base import save_head
 from affstream.heads.temporal import TemporalHead
 from affstream.pipeline import load_stages
-from affstream.predict import pack_outputs, unpack_scores
+from affstream.pipeline.predict import pack_outputs, unpack_scores
 from affstream.temporal.windows import gather_windows, plan_windows, stitch_windows
 
 from two_faces import make_two_face_clip
@@ -45,7 +45,7 @@ def offline_prediction(head, feats: np.ndarray):
 def test_temporal_head_rows_equal_offline_stitching(single_face_mp4, temporal_setup):
     base, stages, head = temporal_setup
     rows = list(affstream.annotate(single_face_mp4, stages=stages))
-    assert [r.frame for r in rows] == list(range(1, 73))
+    assert [r.frame_index for r in rows] == list(range(1, 73))
     assert all(r.success and r.expr_probs is not None and r.au_probs is not None for r in rows)
     feats = np.concatenate([f for _, f in iter_face_features(single_face_mp4, stages=base)])
     expected = offline_prediction(head, feats)
@@ -60,8 +60,8 @@ def test_temporal_head_two_tracks_every_face_gets_one_row(tmp_path, temporal_set
     run = affstream.annotate(clip, stages=stages)
     rows = list(run)
     assert len(rows) == 74
-    assert sorted({(r.frame, r.face_id) for r in rows}) == [(k, t) for k in range(1, 38) for t in (0, 1)]
-    assert run.report()["head"]["window_length"] == LENGTH
+    assert sorted({(r.frame_index, r.track_id) for r in rows}) == [(k, t) for k in range(1, 38) for t in (0, 1)]
+    assert run.report().head["window_length"] == LENGTH
 
 
 def test_head_from_another_backbone_is_refused(single_face_jpg, tmp_path, temporal_setup):

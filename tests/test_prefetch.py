@@ -122,7 +122,7 @@ def test_maxsize_must_be_positive():
 def test_prefetch_decoded_frames(cfr_clip):
     stats = DecodeStats()
     frames = list(prefetch(iter_frames(cfr_clip, stats=stats), 4))
-    assert [frame.index for frame in frames] == list(range(1, 31))
+    assert [frame.frame_index for frame in frames] == list(range(1, 31))
     assert stats.frames == 30 and stats.errors == 0
 
 
@@ -131,6 +131,6 @@ def test_prefetch_closes_the_decoder_early(cfr_clip):
     stream = prefetch(iter_frames(cfr_clip, stats=stats), 2)
     first = next(stream)
     stream.close()
-    assert first.index == 1
+    assert first.frame_index == 1
     assert stats.frames < 30  # decoding stopped with the consumer
     assert producer_threads() == []

@@ -12,8 +12,8 @@ import torch
 
 from affstream.embed.backbone import Backbone, load_backbone
 from affstream.errors import ConfigError, WeightsError
-from affstream.heads.base import load_head_checkpoint, save_head, to_prediction
 from affstream.heads import text as text_module
+from affstream.heads.base import load_head_checkpoint, save_head, to_prediction
 from affstream.heads.circumplex import circumplex_coords, va_from_probs
 from affstream.heads.text import PROMPT_DIR, TextHead, build_from_card, load_prompts, zero_shot_head
 from affstream.labels import AU_LABELS, EXPR_LABELS
@@ -152,7 +152,7 @@ def test_broken_prompt_files_raise_config_error(tiny, cache, tmp_path):
     shutil.copytree(PROMPT_DIR, custom)
     text = (custom / "action_units.toml").read_text(encoding="utf-8")
     (custom / "action_units.toml").write_text(text.replace("[units.AU26]", "[units.AU27]"), encoding="utf-8")
-    with pytest.raises(ConfigError, match="action_units.toml.*AU26"):
+    with pytest.raises(ConfigError, match=r"action_units\.toml.*AU26"):
         zero_shot_head(tiny, prompt_dir=custom)
     (custom / "expressions.toml").write_text("templates = ['no slot']\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="exactly one"):

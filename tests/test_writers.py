@@ -22,7 +22,7 @@ from affstream.writers import (
     atomic_write_text,
     format_row,
     get_writer,
-    write_report,
+    write_json_report,
 )
 from affstream.writers.columns import format_fixed
 
@@ -42,34 +42,34 @@ def golden_annotations() -> list[FrameAnnotation]:
     au_b = f32(1e-9, 0.5, 1e-5, 0.00005, -0.0, 0.12345, 0.99999, 0.4, 0.6, 0.0, 1.0, 0.5)
     return [
         # 1: a frame with no face
-        FrameAnnotation(frame=1, time_s=0.0, face_id=-1, confidence=0.0, success=False),
+        FrameAnnotation(frame_index=1, time_s=0.0, track_id=-1, confidence=0.0, success=False),
         # 2: two faces with every task predicted
         FrameAnnotation(
-            frame=2, time_s=1001 / 30000, face_id=0, confidence=0.99871, success=True,
+            frame_index=2, time_s=1001 / 30000, track_id=0, confidence=0.99871, success=True,
             box_xyxy=f32(100.25, 50.5, 220.75, 190.125), valence=0.31234, arousal=-0.5,
             expression=4, expr_probs=expr_a, au_probs=au_a, au_present=au_a >= 0.5,
         ),
         FrameAnnotation(
-            frame=2, time_s=1001 / 30000, face_id=1, confidence=0.9, success=True,
+            frame_index=2, time_s=1001 / 30000, track_id=1, confidence=0.9, success=True,
             box_xyxy=f32(400.0, 60.0, 480.5, 160.0), valence=-0.0, arousal=-0.00004,
             expression=2, expr_probs=expr_b, au_probs=au_b,
             au_present=np.array([0, 1, 0, 0, 0, 0, 1, 0, 1, 0, 1, 1], dtype=np.uint8),
         ),
         # 3: a head that predicts only expressions (va and AUs empty)
         FrameAnnotation(
-            frame=3, time_s=2002 / 30000, face_id=0, confidence=0.95, success=True,
+            frame_index=3, time_s=2002 / 30000, track_id=0, confidence=0.95, success=True,
             box_xyxy=f32(101.0, 51.0, 221.0, 191.0), expression=0,
             expr_probs=f32(0.6, 0.1, 0.05, 0.05, 0.1, 0.05, 0.025, 0.025),
         ),
         # 4: tiny timestamp (no scientific notation), va-only head, NaN valence -> empty,
         #    numpy scalar inputs, box touching the frame's origin
         FrameAnnotation(
-            frame=4, time_s=1e-7, face_id=2, confidence=np.float32(0.5), success=True,
+            frame_index=4, time_s=1e-7, track_id=2, confidence=np.float32(0.5), success=True,
             box_xyxy=f32(0.0, 0.0, 64.0, 64.0), valence=float("nan"), arousal=np.float32(1.0),
         ),
         # 5: a long video: large timestamp and frame index, valence at -1
         FrameAnnotation(
-            frame=123457, time_s=4119.852396, face_id=17, confidence=1.0, success=True,
+            frame_index=123457, time_s=4119.852396, track_id=17, confidence=1.0, success=True,
             box_xyxy=f32(1279.5, 719.25, 1920.0, 1080.0), valence=-1.0, arousal=0.0,
         ),
     ]
@@ -141,13 +141,13 @@ def test_format_fixed(value, decimals, text):
 
 
 def test_format_row_no_face_is_empty_measurements():
-    row = format_row(FrameAnnotation(frame=9, time_s=0.3, face_id=-1, confidence=0.0, success=False))
+    row = format_row(FrameAnnotation(frame_index=9, time_s=0.3, track_id=-1, confidence=0.0, success=False))
     assert row[:5] == ["9", "0.300000", "-1", "0.0000", "0"]
     assert row[5:] == [""] * (len(CSV_COLUMNS) - 5)
 
 
 def test_format_row_rejects_wrong_shapes():
-    base = dict(frame=1, time_s=0.0, face_id=0, confidence=1.0, success=True)
+    base = {"frame_index": 1, "time_s": 0.0, "track_id": 0, "confidence": 1.0, "success": True}
     with pytest.raises(ValueError, match="expr_probs"):
         format_row(FrameAnnotation(**base, expr_probs=np.zeros(7, dtype=np.float32)))
     with pytest.raises(ValueError, match="expression"):
@@ -177,7 +177,7 @@ def test_csv_reads_back_with_stdlib(tmp_path):
     assert tuple(rows[0]) == CSV_COLUMNS
     assert len(rows) == 1 + len(anns)
     assert all(len(r) == len(CSV_COLUMNS) for r in rows)
-    table = [dict(zip(CSV_COLUMNS, r)) for r in rows[1:]]
+    table = [dict(zip(CSV_COLUMNS, r, strict=True)) for r in rows[1:]]
     assert [r["frame"] for r in table] == ["1", "2", "2", "3", "4", "123457"]
     assert table[1]["expression"] == "Happiness"
     assert float(table[1]["face_width"]) == pytest.approx(120.5)
@@ -206,11 +206,10 @@ def test_unknown_format_is_config_error(tmp_path):
 
 def test_exception_inside_writer_leaves_nothing(tmp_path):
     out = tmp_path / "a.csv"
-    with pytest.raises(RuntimeError, match="boom"):
-        with CsvWriter(out) as writer:
-            writer.write(golden_annotations()[0])
-            assert writer.temp_path.exists()
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), CsvWriter(out) as writer:
+        writer.write(golden_annotations()[0])
+        assert writer.temp_path.exists()
+        raise RuntimeError("boom")
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -218,11 +217,10 @@ def test_exception_inside_writer_leaves_nothing(tmp_path):
 def test_exception_keeps_previous_complete_file(tmp_path):
     out = tmp_path / "a.csv"
     out.write_bytes(b"previous complete output\n")
-    with pytest.raises(KeyboardInterrupt):
-        with CsvWriter(out) as writer:
-            for ann in golden_annotations():
-                writer.write(ann)
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), CsvWriter(out) as writer:
+        for ann in golden_annotations():
+            writer.write(ann)
+        raise KeyboardInterrupt
     assert out.read_bytes() == b"previous complete output\n"
     assert leftovers(tmp_path) == []
 
@@ -263,7 +261,7 @@ def test_missing_output_folder_is_a_user_error(tmp_path):
     with pytest.raises(AffstreamError, match="does not exist"):
         CsvWriter(tmp_path / "nope" / "a.csv")
     with pytest.raises(AffstreamError, match="folder"):
-        write_report(tmp_path, {})
+        write_json_report(tmp_path, {})
 
 
 def test_atomic_path_success_and_failure(tmp_path):
@@ -273,10 +271,9 @@ def test_atomic_path_success_and_failure(tmp_path):
         tmp.write_bytes(b"video")
         assert not out.exists()
     assert out.read_bytes() == b"video"
-    with pytest.raises(OSError):
-        with atomic_path(out) as tmp:
-            tmp.write_bytes(b"half")
-            raise OSError("disk full")
+    with pytest.raises(OSError), atomic_path(out) as tmp:
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
     assert out.read_bytes() == b"video"
     assert leftovers(tmp_path) == []
 
@@ -286,13 +283,13 @@ def test_atomic_path_success_and_failure(tmp_path):
 
 def test_report_matches_golden_file(tmp_path):
     out = tmp_path / "report.json"
-    write_report(out, GOLDEN_REPORT)
+    write_json_report(out, GOLDEN_REPORT)
     assert out.read_bytes() == (GOLDEN / "report.json").read_bytes()
 
 
 def test_report_is_strict_json_with_plain_values(tmp_path):
     out = tmp_path / "report.json"
-    write_report(out, GOLDEN_REPORT)
+    write_json_report(out, GOLDEN_REPORT)
 
     def reject(token: str):
         raise AssertionError(f"non-standard JSON constant {token}")
@@ -308,8 +305,8 @@ def test_report_is_strict_json_with_plain_values(tmp_path):
 
 
 def test_report_rejects_unknown_types(tmp_path):
-    with pytest.raises(TypeError, match="report.bad"):
-        write_report(tmp_path / "r.json", {"bad": object()})
+    with pytest.raises(TypeError, match=r"report\.bad"):
+        write_json_report(tmp_path / "r.json", {"bad": object()})
     assert list(tmp_path.iterdir()) == []
 
 

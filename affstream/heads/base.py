@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,20 +24,89 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, WeightsError, first_line
 from ..files import atomic_path, atomic_write_text, sha256_file
-from ..labels import AU_LABELS, EXPR_LABELS
+from ..labels import AU_LABELS, EXPR_LABELS, TASKS
 from ..records import Prediction
 
 CARD_VERSION = 1
 
-# kind -> "module:function" building a head from (card, state_dict). Modules are
-# imported only when a checkpoint of that kind is loaded.
+# kind -> "module:function" building a head from (card, state_dict, source=...). Modules
+# are imported only when a checkpoint of that kind is loaded. A module may also define
+# ``check_card(card, source)``, run before the weights are read (see load_head_checkpoint).
 HEAD_BUILDERS: dict[str, str] = {
     "mlp": "affstream.heads.mlp:build_from_card",
     "temporal": "affstream.heads.temporal:build_from_card",
     "text": "affstream.heads.text:build_from_card",
 }
+
+# Bounds on what an untrusted card or weights file may ask for; all are checked before
+# anything is allocated.
+MAX_FEATURE_DIM = 16384
+MAX_WINDOW_LENGTH = 100_000
+MAX_PARAMS = 500_000_000
+"""Largest head (estimated parameter count) a card may describe."""
+MAX_CARD_BYTES = 4 * 1024 * 1024
+MAX_NAME_CHARS = 200
+MAX_WEIGHTS_BYTES = 4 * MAX_PARAMS + (1 << 20)
+"""Largest tensor data a head's safetensors file may hold (MAX_PARAMS float32 values)."""
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_TENSORS = 10_000
+WEIGHT_DTYPES: dict[str, int] = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "BOOL": 1}
+"""safetensors dtypes a head's weights may use, with their item size in bytes."""
+
+
+# ----------------------------------------------------------------------------- field checks
+# Each takes ``where`` = "SOURCE: dotted.field" and raises a one-line ConfigError saying what
+# is allowed. They are shared by the card and the heads' dims dataclasses.
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """repr of ``value`` cut to ``limit`` characters, for quoting user input in one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_int(value: Any, where: str, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi]; bools, floats and strings are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
+        raise ConfigError(f"{where} must be an integer in [{lo}, {hi}], got {shown(value)}")
+    return int(value)
+
+
+def check_number(value: Any, where: str, lo: float, hi: float, *, hi_open: bool = False) -> float:
+    """``value`` as a finite float in [lo, hi] (or [lo, hi) with ``hi_open``); ints are
+    accepted, bools, strings, NaN and infinities are not."""
+    interval = f"[{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    number = float(value) if ok else math.nan
+    if not (math.isfinite(number) and lo <= number and (number < hi if hi_open else number <= hi)):
+        raise ConfigError(f"{where} must be a finite number in {interval}, got {shown(value)}")
+    return number
+
+
+def check_bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, got {shown(value)}")
+    return value
+
+
+def check_text(value: Any, where: str, limit: int = MAX_NAME_CHARS) -> str:
+    """A non-empty, printable, single-line string of at most ``limit`` characters."""
+    if not isinstance(value, str) or not 0 < len(value) <= limit or not value.isprintable():
+        raise ConfigError(
+            f"{where} must be a non-empty printable string of at most {limit} characters, got {shown(value)}"
+        )
+    return value
+
+
+def check_param_count(count: int, source: str, hint: str) -> None:
+    """Refuse a head whose estimated parameter count exceeds :data:`MAX_PARAMS`."""
+    if count > MAX_PARAMS:
+        raise ConfigError(
+            f"{source}: config describes a head of about {count:,} parameters, more than the "
+            f"{MAX_PARAMS:,} allowed; reduce {hint}"
+        )
 
 
 @dataclass(frozen=True)
@@ -44,13 +115,15 @@ class HeadCard:
 
     backbone:      the ``ARCH:TAG`` spec whose features the head expects.
     feature_dim:   D, width of those features.
-    tasks:         subset of ("expr", "au", "va") the head predicts.
+    tasks:         distinct names among ("expr", "au", "va") the head predicts.
     au_thresholds: per-AU probability threshold for the ``AUxx_c`` presence columns.
     window_length / window_stride: frames per window and hop for temporal heads;
                    None for per-frame heads.
     causal:        True if a frame's output depends only on itself and earlier frames.
     meaningful:    False for heads built on random weights (smoke runs, tests).
-    config:        the head's hyper-parameters (architecture, training), free-form.
+    config:        the head's hyper-parameters: its architecture (read by the head's dims
+                   dataclass, e.g. ``MLPDims``) plus any extra keys (training settings),
+                   kept as they are.
     metrics:       validation metrics recorded at training time, free-form.
     """
 
@@ -78,33 +151,88 @@ class HeadCard:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "head card") -> "HeadCard":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
+    def from_dict(cls, data: dict[str, Any], source: str = "head card") -> HeadCard:
+        """Check and build a card from its JSON object (untrusted input).
+
+        Raises a one-line ConfigError naming ``source`` and the offending field.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: a head card must be a JSON object")
+        fields = dataclasses.fields(cls)
+        names = {f.name for f in fields}
+        unknown = sorted(str(key) for key in data if key not in names)
         if unknown:
-            raise ConfigError(f"{source}: unknown card field(s) {sorted(unknown)}")
-        try:
-            values = dict(data)
-            for key in ("tasks", "expr_labels", "au_labels", "au_thresholds"):
-                if key in values:
-                    values[key] = tuple(values[key])
-            card = cls(**values)
-        except TypeError as exc:
-            raise ConfigError(f"{source}: invalid head card ({exc})") from None
+            listed = ", ".join(shown(key, 30) for key in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            raise ConfigError(f"{source}: unknown card field(s) {listed}; known: {', '.join(sorted(names))}")
+        required = [f.name for f in fields
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ConfigError(f"{source}: {missing[0]} is missing (a card needs {', '.join(required)})")
+        values = dict(data)
+        for key in ("tasks", "expr_labels", "au_labels", "au_thresholds"):
+            if isinstance(values.get(key), list):  # anything else is refused by validate
+                values[key] = tuple(values[key])
+        card = cls(**values)
         card.validate(source)
         return card
 
     def validate(self, source: str = "head card") -> None:
-        if not set(self.tasks) <= {"expr", "au", "va"} or not self.tasks:
-            raise ConfigError(f"{source}: tasks must be a non-empty subset of expr, au, va")
-        if tuple(self.expr_labels) != EXPR_LABELS or tuple(self.au_labels) != AU_LABELS:
-            raise ConfigError(f"{source}: label names differ from affstream's label spaces")
-        if len(self.au_thresholds) != len(AU_LABELS):
-            raise ConfigError(f"{source}: au_thresholds needs {len(AU_LABELS)} values")
-        if (self.window_length is None) != (self.window_stride is None):
-            raise ConfigError(f"{source}: give both window_length and window_stride, or neither")
-        if self.window_length is not None and not 0 < self.window_stride <= self.window_length:
-            raise ConfigError(f"{source}: need 0 < window_stride <= window_length")
+        """Check every field's type and range; a one-line ConfigError names the first bad one."""
+        at = f"{source}: "
+        check_text(self.name, at + "name")
+        kind = check_text(self.kind, at + "kind")
+        if kind not in HEAD_BUILDERS:
+            raise ConfigError(f"{at}kind: unknown head kind {shown(kind)} (known: {', '.join(sorted(HEAD_BUILDERS))})")
+        check_text(self.backbone, at + "backbone")
+        check_int(self.feature_dim, at + "feature_dim", 1, MAX_FEATURE_DIM)
+        if type(self.version) is not int or self.version != CARD_VERSION:
+            raise ConfigError(f"{at}version must be {CARD_VERSION} (the card format this affstream reads), "
+                              f"got {shown(self.version)}")
+        self._validate_tasks(at)
+        for key, expected in (("expr_labels", EXPR_LABELS), ("au_labels", AU_LABELS)):
+            labels = getattr(self, key)
+            if not isinstance(labels, (tuple, list)) or tuple(labels) != expected:
+                raise ConfigError(f"{at}{key} must be exactly {list(expected)} (affstream's label space)")
+        thresholds = self.au_thresholds
+        if not isinstance(thresholds, (tuple, list)) or len(thresholds) != len(AU_LABELS):
+            raise ConfigError(
+                f"{at}au_thresholds must be a list of {len(AU_LABELS)} numbers in [0, 1] "
+                f"(one per AU: {', '.join(AU_LABELS)}), got {shown(thresholds)}"
+            )
+        for i, value in enumerate(thresholds):
+            check_number(value, f"{at}au_thresholds[{i}]", 0.0, 1.0)
+        self._validate_window(at)
+        check_bool(self.causal, at + "causal")
+        check_bool(self.meaningful, at + "meaningful")
+        for key in ("config", "metrics"):
+            if not isinstance(getattr(self, key), dict):
+                raise ConfigError(f"{at}{key} must be a JSON object, got {shown(getattr(self, key))}")
+
+    def _validate_tasks(self, at: str) -> None:
+        tasks = self.tasks
+        allowed = f"a non-empty list of distinct task names among {', '.join(TASKS)}"
+        if not isinstance(tasks, (tuple, list)) or not 0 < len(tasks) <= len(TASKS):
+            raise ConfigError(f"{at}tasks must be {allowed}, got {shown(list(tasks) if isinstance(tasks, tuple) else tasks)}")
+        for i, task in enumerate(tasks):
+            if not isinstance(task, str) or task not in TASKS:
+                raise ConfigError(f"{at}tasks[{i}] must be one of {', '.join(TASKS)}, got {shown(task)}")
+            if task in tasks[:i]:
+                raise ConfigError(f"{at}tasks[{i}]: {task!r} is listed twice; tasks must be {allowed}")
+
+    def _validate_window(self, at: str) -> None:
+        length, stride = self.window_length, self.window_stride
+        if (length is None) != (stride is None):
+            raise ConfigError(
+                f"{at}{'window_stride' if stride is None else 'window_length'} is null: give both "
+                "window_length and window_stride (temporal heads), or neither (per-frame heads)"
+            )
+        if length is not None:
+            length = check_int(length, at + "window_length", 1, MAX_WINDOW_LENGTH)
+            if isinstance(stride, (bool, np.bool_)) or not isinstance(stride, numbers.Integral) \
+                    or not 0 < stride <= length:
+                raise ConfigError(f"{at}window_stride must be an integer with 0 < window_stride <= "
+                                  f"window_length ({length}), got {shown(stride)}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,35 +305,112 @@ def save_head(head: AffectHead, path: str | Path) -> Path:
 
 
 def read_card(path: str | Path) -> HeadCard:
+    """Read and check ``NAME.json`` (untrusted input): ConfigError for a bad card."""
     _, card_path = checkpoint_paths(path)
     if not card_path.is_file():
         raise WeightsError(f"{card_path}: head card not found (a head is NAME.safetensors + NAME.json)")
+    size = card_path.stat().st_size
+    if size > MAX_CARD_BYTES:
+        raise ConfigError(f"{card_path}: {size:,} bytes is too large for a head card (at most {MAX_CARD_BYTES:,})")
     try:
         data = json.loads(card_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{card_path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{card_path}: a head card must be a JSON object")
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{card_path}: not valid JSON ({first_line(exc, 200)})") from None
     return HeadCard.from_dict(data, str(card_path))
 
 
+def check_safetensors(path: Path) -> None:
+    """Check a safetensors file's header before any tensor is read.
+
+    Reads only the 8-byte header length and the JSON header: every tensor must have an
+    allowed dtype (:data:`WEIGHT_DTYPES`), a shape of non-negative ints whose byte size
+    matches its offsets, the tensors must tile the data section exactly (so the file is
+    neither truncated nor padded), and the whole must stay within :data:`MAX_TENSORS`
+    tensors and :data:`MAX_WEIGHTS_BYTES` bytes. Raises a one-line WeightsError.
+    """
+    size = path.stat().st_size
+    if size > 8 + MAX_HEADER_BYTES + MAX_WEIGHTS_BYTES:
+        raise WeightsError(f"{path}: {size:,} bytes is too large for head weights (at most {MAX_WEIGHTS_BYTES:,} of data)")
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise WeightsError(f"{path}: not a safetensors file ({size} bytes, shorter than its header)")
+        length = int.from_bytes(prefix, "little")
+        if length > MAX_HEADER_BYTES or 8 + length > size:
+            raise WeightsError(
+                f"{path}: not a safetensors file or truncated (header of {length:,} bytes, file of {size:,})"
+            )
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise WeightsError(f"{path}: not a safetensors file (its header is not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: not a safetensors file (its header is not a JSON object)")
+    header.pop("__metadata__", None)
+    if len(header) > MAX_TENSORS:
+        raise WeightsError(f"{path}: {len(header):,} tensors is too many for a head (at most {MAX_TENSORS:,})")
+    spans = sorted(_tensor_span(path, name, entry) for name, entry in header.items())
+    data = size - 8 - length
+    end = 0
+    for begin, stop, name in spans:
+        if begin != end:
+            raise WeightsError(f"{path}: tensor {shown(name)} starts at byte {begin:,}, expected {end:,}")
+        end = stop
+    if end > MAX_WEIGHTS_BYTES:
+        raise WeightsError(f"{path}: {end:,} bytes of tensors is too large for a head (at most {MAX_WEIGHTS_BYTES:,})")
+    if end != data:
+        state = "truncated" if end > data else "padded"
+        raise WeightsError(f"{path}: {state} safetensors file (tensors need {end:,} data bytes, file has {data:,})")
+
+
+def _tensor_span(path: Path, name: str, entry: Any) -> tuple[int, int, str]:
+    """(begin, end, name) of one header entry, after checking its dtype, shape and offsets."""
+    where = f"{path}: tensor {shown(name)}"
+    if not isinstance(entry, dict):
+        raise WeightsError(f"{where}: header entry is not a JSON object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in WEIGHT_DTYPES:
+        raise WeightsError(f"{where}: dtype {shown(dtype)} is not one of {', '.join(WEIGHT_DTYPES)}")
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 53
+
+    if not isinstance(shape, list) or len(shape) > 8 or not all(map(count, shape)):
+        raise WeightsError(f"{where}: shape {shown(shape)} is not a list of at most 8 sizes")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(count, offsets)):
+        raise WeightsError(f"{where}: data_offsets {shown(offsets)} is not a [begin, end] pair")
+    nbytes = math.prod(shape) * WEIGHT_DTYPES[dtype]
+    begin, end = offsets
+    if end - begin != nbytes:
+        raise WeightsError(f"{where}: shape {shape} of {dtype} needs {nbytes:,} bytes, offsets give {end - begin:,}")
+    return begin, end, name
+
+
 def load_head_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[AffectHead, str]:
-    """Load a head from ``NAME.safetensors`` + ``NAME.json``; returns (head, sha256)."""
+    """Load a head from ``NAME.safetensors`` + ``NAME.json``; returns (head, sha256).
+
+    Both files are untrusted: the card is checked (fields, then the head's dims and its
+    estimated size, via the kind's ``check_card``) and so is the weights file's header,
+    before any tensor is read or any module built. ConfigError for a bad card,
+    WeightsError for missing, malformed or mismatching weights.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    weights, _ = checkpoint_paths(path)
+    weights, card_path = checkpoint_paths(path)
     card = read_card(path)
+    module_name, func_name = HEAD_BUILDERS[card.kind].split(":")  # kind checked by read_card
+    module = importlib.import_module(module_name)
+    check_card = getattr(module, "check_card", None)
+    if check_card is not None:
+        check_card(card, str(card_path))
     if not weights.is_file():
         raise WeightsError(f"{weights}: head weights not found")
+    check_safetensors(weights)
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError) as exc:
-        raise WeightsError(f"{weights}: not a readable safetensors file ({exc})") from None
-    builder = HEAD_BUILDERS.get(card.kind)
-    if builder is None:
-        raise ConfigError(f"{weights}: unknown head kind '{card.kind}' (known: {sorted(HEAD_BUILDERS)})")
-    module_name, func_name = builder.split(":")
-    build = getattr(importlib.import_module(module_name), func_name)
-    head = build(card, state)
+        raise WeightsError(f"{weights}: not a readable safetensors file ({first_line(exc, 200)})") from None
+    head = getattr(module, func_name)(card, state, source=str(card_path))
     return head.to(device).eval(), sha256_file(weights)

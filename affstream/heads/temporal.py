@@ -20,7 +20,10 @@ positions whatever T is.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,11 +31,121 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError, WeightsError
-from ..temporal.windows import DEFAULT_WINDOW_LENGTH, DEFAULT_WINDOW_STRIDE
 from ..labels import TASK_WIDTHS
-from .base import AffectHead, HeadCard, HeadOutputs
+from ..temporal.windows import DEFAULT_WINDOW_LENGTH, DEFAULT_WINDOW_STRIDE
+from .base import (
+    MAX_FEATURE_DIM,
+    MAX_WINDOW_LENGTH,
+    AffectHead,
+    HeadCard,
+    HeadOutputs,
+    check_int,
+    check_number,
+    check_param_count,
+    shown,
+)
 
-_ARCH_KEYS = ("d_model", "tcn_dilations", "kernel_size", "n_layers", "n_heads", "dropout")
+KIND = "temporal"
+POSITIONAL_ENCODING = "sinusoidal"
+MAX_D_MODEL = 4096
+MAX_LAYERS = 64
+MAX_HEADS = 64
+MAX_KERNEL_SIZE = 31
+MAX_DILATION = 1024
+MAX_TCN_BLOCKS = 16
+
+
+def _checked(values: dict[str, Any], at: str) -> dict[str, Any]:
+    """The dims fields of ``values``, type- and range-checked; ``at`` prefixes the field
+    name in errors ("CARD: config.")."""
+    dilations = values["tcn_dilations"]
+    if not isinstance(dilations, (list, tuple)) or len(dilations) > MAX_TCN_BLOCKS:
+        raise ConfigError(
+            f"{at}tcn_dilations must be a list of at most {MAX_TCN_BLOCKS} integers in "
+            f"[1, {MAX_DILATION}], got {shown(dilations)}"
+        )
+    checked = {
+        "d_model": check_int(values["d_model"], at + "d_model", 2, MAX_D_MODEL),
+        "tcn_dilations": tuple(
+            check_int(d, f"{at}tcn_dilations[{i}]", 1, MAX_DILATION) for i, d in enumerate(dilations)
+        ),
+        "kernel_size": check_int(values["kernel_size"], at + "kernel_size", 1, MAX_KERNEL_SIZE),
+        "n_layers": check_int(values["n_layers"], at + "n_layers", 1, MAX_LAYERS),
+        "n_heads": check_int(values["n_heads"], at + "n_heads", 1, MAX_HEADS),
+        "dropout": check_number(values["dropout"], at + "dropout", 0.0, 1.0, hi_open=True),
+    }
+    d_model, n_heads = checked["d_model"], checked["n_heads"]
+    if d_model % 2 or d_model % n_heads:
+        raise ConfigError(f"{at}d_model must be even and divisible by n_heads ({n_heads}), got {d_model}")
+    return checked
+
+
+@dataclass(frozen=True)
+class TemporalDims:
+    """Architecture of a :class:`TemporalHead`, stored in the card's ``config`` under the
+    same keys (plus ``"positional_encoding": "sinusoidal"``, the only encoding there is).
+
+    d_model:       channels of the TCN and Transformer, even, <= 4096, divisible by n_heads.
+    tcn_dilations: one residual TCN block per dilation; at most 16, each 1..1024.
+    kernel_size:   convolution width, 1..31.
+    n_layers:      Transformer encoder layers, 1..64.
+    n_heads:       attention heads, 1..64.
+    dropout:       drop probability, in [0, 1).
+
+    Construction checks every field (ConfigError), so a dims object is always buildable.
+    """
+
+    d_model: int = 256
+    tcn_dilations: tuple[int, ...] = (1, 2, 4, 8)
+    kernel_size: int = 3
+    n_layers: int = 2
+    n_heads: int = 4
+    dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, value in _checked(values, "TemporalDims: ").items():
+            object.__setattr__(self, key, value)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], source: str) -> TemporalDims:
+        """Dims from a card's ``config`` (untrusted). Every dims key is required; keys that
+        are not dims (training settings) are ignored; ``positional_encoding``, if given,
+        must be "sinusoidal". Raises a one-line ConfigError naming ``source`` and the
+        field, e.g. ``config.n_heads``."""
+        if not isinstance(config, dict):
+            raise ConfigError(f"{source}: config must be a JSON object")
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in names if name not in config]
+        if missing:
+            raise ConfigError(f"{source}: config.{missing[0]} is missing (a temporal card's config "
+                              f"needs {', '.join(names)})")
+        encoding = config.get("positional_encoding", POSITIONAL_ENCODING)
+        if encoding != POSITIONAL_ENCODING:
+            raise ConfigError(f"{source}: config.positional_encoding must be {POSITIONAL_ENCODING!r}, "
+                              f"got {shown(encoding)}")
+        return cls(**_checked(config, f"{source}: config."))
+
+    def to_config(self) -> dict[str, Any]:
+        """The card ``config`` entries for these dims (dilations as a JSON list)."""
+        return {
+            "d_model": self.d_model,
+            "tcn_dilations": list(self.tcn_dilations),
+            "kernel_size": self.kernel_size,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "dropout": self.dropout,
+            "positional_encoding": POSITIONAL_ENCODING,
+        }
+
+    def param_count(self, feature_dim: int, tasks: Sequence[str]) -> int:
+        """Parameters of the head these dims build (computed, nothing allocated)."""
+        d, k = self.d_model, self.kernel_size
+        proj = feature_dim * d + d
+        tcn = len(self.tcn_dilations) * (2 * (d * d * k + d) + 2 * d)
+        layer = (3 * d * d + 3 * d) + (d * d + d) + (2 * d * d + 2 * d) + (2 * d * d + d) + 4 * d
+        outputs = sum(d * d + d + (d + 1) * TASK_WIDTHS.get(task, 0) for task in tasks)
+        return proj + tcn + self.n_layers * layer + 2 * d + outputs
 
 
 class TCNBlock(nn.Module):
@@ -84,12 +197,13 @@ class TemporalHead(AffectHead):
         feature_dim: int,
         tasks: tuple[str, ...] | list[str],
         *,
-        d_model: int = 256,
-        tcn_dilations: tuple[int, ...] = (1, 2, 4, 8),
-        kernel_size: int = 3,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        dropout: float = 0.3,
+        d_model: int | None = None,
+        tcn_dilations: Sequence[int] | None = None,
+        kernel_size: int | None = None,
+        n_layers: int | None = None,
+        n_heads: int | None = None,
+        dropout: float | None = None,
+        dims: TemporalDims | None = None,
         window_length: int = DEFAULT_WINDOW_LENGTH,
         window_stride: int = DEFAULT_WINDOW_STRIDE,
         causal: bool = False,
@@ -97,54 +211,61 @@ class TemporalHead(AffectHead):
         name: str = "temporal",
         meaningful: bool = True,
     ) -> None:
+        """Architecture: d_model .. dropout (see :class:`TemporalDims`; None = default), or
+        ``dims`` instead of all six. Everything is checked (ConfigError), including the
+        estimated size, before a module is allocated."""
         super().__init__()
-        tasks = tuple(tasks)
-        _check_arch(feature_dim, tasks, d_model, tuple(tcn_dilations), kernel_size, n_layers, n_heads, dropout)
+        source = f"temporal head '{name}'"
+        given = {"d_model": d_model, "tcn_dilations": tcn_dilations, "kernel_size": kernel_size,
+                 "n_layers": n_layers, "n_heads": n_heads, "dropout": dropout}
+        if dims is None:
+            defaults = TemporalDims().to_config()
+            dims = TemporalDims.from_config(
+                {**defaults, **{k: v for k, v in given.items() if v is not None}}, source
+            )
+        elif not isinstance(dims, TemporalDims) or any(v is not None for v in given.values()):
+            raise TypeError("TemporalHead: pass dims (a TemporalDims) or d_model..dropout, not both")
+        self.dims = dims
         self.card = HeadCard(
             name=name,
-            kind="temporal",
+            kind=KIND,
             backbone=backbone,
-            feature_dim=int(feature_dim),
-            tasks=tasks,
-            window_length=int(window_length),
-            window_stride=int(window_stride),
-            causal=bool(causal),
+            feature_dim=check_int(feature_dim, f"{source}: feature_dim", 1, MAX_FEATURE_DIM),
+            tasks=tuple(tasks),
+            window_length=check_int(window_length, f"{source}: window_length", 1, MAX_WINDOW_LENGTH),
+            window_stride=check_int(window_stride, f"{source}: window_stride", 1, MAX_WINDOW_LENGTH),
+            causal=causal,
             meaningful=meaningful,
-            config={
-                "d_model": int(d_model),
-                "tcn_dilations": [int(d) for d in tcn_dilations],
-                "kernel_size": int(kernel_size),
-                "n_layers": int(n_layers),
-                "n_heads": int(n_heads),
-                "dropout": float(dropout),
-                "positional_encoding": "sinusoidal",
-            },
+            config=dims.to_config(),
         )
-        self.card.validate(f"temporal head '{name}'")
+        self.card.validate(source)
+        check_param_count(dims.param_count(self.card.feature_dim, self.card.tasks), source,
+                          "d_model, n_layers or the number of tcn_dilations")
         self.causal = bool(causal)
-        self.n_heads = int(n_heads)
-        self.proj = nn.Linear(feature_dim, d_model)
+        self.n_heads = dims.n_heads
+        d = dims.d_model
+        self.proj = nn.Linear(self.card.feature_dim, d)
         self.tcn = nn.ModuleList(
-            TCNBlock(d_model, kernel_size, int(d), dropout, self.causal) for d in tcn_dilations
+            TCNBlock(d, dims.kernel_size, dilation, dims.dropout, self.causal) for dilation in dims.tcn_dilations
         )
         layer = nn.TransformerEncoderLayer(
-            d_model,
-            n_heads,
-            dim_feedforward=2 * d_model,
-            dropout=dropout,
+            d,
+            dims.n_heads,
+            dim_feedforward=2 * d,
+            dropout=dims.dropout,
             activation="gelu",
             batch_first=True,
             norm_first=True,
         )
         self.encoder = nn.TransformerEncoder(
-            layer, n_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+            layer, dims.n_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False
         )
         self.outputs = nn.ModuleDict(
             {
                 task: nn.Sequential(
-                    nn.Linear(d_model, d_model), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_model, TASK_WIDTHS[task])
+                    nn.Linear(d, d), nn.GELU(), nn.Dropout(dims.dropout), nn.Linear(d, TASK_WIDTHS[task])
                 )
-                for task in tasks
+                for task in self.card.tasks
             }
         )
 
@@ -193,54 +314,41 @@ class TemporalHead(AffectHead):
         return self.encoder(x, mask=blocked)
 
 
-def _check_arch(
-    feature_dim: int,
-    tasks: tuple[str, ...],
-    d_model: int,
-    dilations: tuple[int, ...],
-    kernel_size: int,
-    n_layers: int,
-    n_heads: int,
-    dropout: float,
-) -> None:
-    if feature_dim < 1 or d_model < 1:
-        raise ConfigError(f"temporal head: feature_dim {feature_dim} and d_model {d_model} must be positive")
-    if not tasks or len(set(tasks)) != len(tasks) or not set(tasks) <= set(TASK_WIDTHS):
-        raise ConfigError(f"temporal head: tasks {tasks} must be distinct names among va, expr, au")
-    if d_model % 2 or d_model % n_heads:
-        raise ConfigError(f"temporal head: d_model {d_model} must be even and divisible by n_heads {n_heads}")
-    if kernel_size < 1 or n_layers < 1 or n_heads < 1 or any(d < 1 for d in dilations):
-        raise ConfigError("temporal head: kernel_size, n_layers, n_heads and dilations must be >= 1")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"temporal head: dropout {dropout} must be in [0, 1)")
-
-
-def build_from_card(card: HeadCard, state: dict[str, torch.Tensor]) -> TemporalHead:
-    """Rebuild a head from its card and state dict (used by ``load_head_checkpoint``)."""
-    if card.kind != "temporal":
-        raise ConfigError(f"head '{card.name}': kind '{card.kind}' is not a temporal head")
+def check_card(card: HeadCard, source: str) -> TemporalDims:
+    """Check that ``card`` describes a buildable temporal head, before any weights are read
+    or modules built; returns its dims. Raises a one-line ConfigError naming ``source``."""
+    card.validate(source)
+    if card.kind != KIND:
+        raise ConfigError(f"{source}: kind: card kind '{card.kind}' is not a '{KIND}' head")
     if not card.windowed:
-        raise ConfigError(f"head '{card.name}': a temporal head card needs window_length and window_stride")
-    missing = [key for key in _ARCH_KEYS if key not in card.config]
-    if missing:
-        raise ConfigError(f"head '{card.name}': card config lacks {missing}")
-    arch: dict[str, Any] = {key: card.config[key] for key in _ARCH_KEYS}
-    arch["tcn_dilations"] = tuple(arch["tcn_dilations"])
+        raise ConfigError(f"{source}: window_length: a temporal head card needs window_length and window_stride")
+    dims = TemporalDims.from_config(card.config, source)
+    check_param_count(dims.param_count(card.feature_dim, card.tasks), source,
+                      "config.d_model, config.n_layers or the number of config.tcn_dilations")
+    return dims
+
+
+def build_from_card(card: HeadCard, state: dict[str, torch.Tensor], *, source: str | None = None) -> TemporalHead:
+    """Rebuild a head from its card and state dict (used by ``load_head_checkpoint``).
+    The card is kept as stored, extra ``config`` keys included. ``source`` names the card
+    in errors."""
+    source = source or f"head '{card.name}'"
+    dims = check_card(card, source)
     head = TemporalHead(
         card.feature_dim,
         card.tasks,
+        dims=dims,
         window_length=card.window_length,
         window_stride=card.window_stride,
         causal=card.causal,
         backbone=card.backbone,
         name=card.name,
         meaningful=card.meaningful,
-        **arch,
     )
     try:
         head.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise WeightsError(f"head '{card.name}': weights do not match its card ({first})") from None
+        raise WeightsError(f"{source}: weights do not match its card ({first})") from None
     head.card = card
     return head

@@ -24,9 +24,10 @@ import logging
 import math
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,8 @@ from ..errors import ConfigError, OutputError, WeightsError, first_line
 from ..files import atomic_path
 from ..labels import AU_LABELS, EXPR_LABELS
 from .base import AffectHead, HeadCard, HeadOutputs
-from .circumplex import circumplex_coords, describe as describe_circumplex, va_from_probs
+from .circumplex import circumplex_coords, va_from_probs
+from .circumplex import describe as describe_circumplex
 
 if TYPE_CHECKING:
     from ..embed.backbone import Backbone
@@ -206,7 +208,7 @@ class TextHead(AffectHead):
         return HeadOutputs(va=va, expr_logits=expr_logits, au_logits=au_logits)
 
 
-def _class_embeddings(backbone: "Backbone", groups: Sequence[Sequence[str]]) -> torch.Tensor:
+def _class_embeddings(backbone: Backbone, groups: Sequence[Sequence[str]]) -> torch.Tensor:
     """One text-encoder pass over all prompts; per group the re-normalised mean, (G, D)."""
     prompts = [prompt for group in groups for prompt in group]
     sizes = torch.tensor([len(group) for group in groups])
@@ -217,7 +219,7 @@ def _class_embeddings(backbone: "Backbone", groups: Sequence[Sequence[str]]) -> 
     return F.normalize(sums, dim=-1)
 
 
-def _cache_key(backbone: "Backbone", prompts: PromptSet) -> dict[str, Any]:
+def _cache_key(backbone: Backbone, prompts: PromptSet) -> dict[str, Any]:
     import open_clip
 
     key: dict[str, Any] = {
@@ -233,7 +235,7 @@ def _cache_key(backbone: "Backbone", prompts: PromptSet) -> dict[str, Any]:
     return key
 
 
-def _cache_path(backbone: "Backbone", key: dict[str, Any]) -> Path:
+def _cache_path(backbone: Backbone, key: dict[str, Any]) -> Path:
     from ..files import cache_dir
 
     spec = backbone.spec
@@ -273,7 +275,7 @@ def _write_cache(path: Path, tensors: dict[str, torch.Tensor], key: dict[str, An
         log.warning("could not write text-embedding cache %s (%s)", path, exc)
 
 
-def zero_shot_head(backbone: "Backbone", *, prompt_dir: str | Path | None = None) -> TextHead:
+def zero_shot_head(backbone: Backbone, *, prompt_dir: str | Path | None = None) -> TextHead:
     """Build the zero-shot text head for ``backbone`` from the prompt ensembles.
 
     Class embeddings come from the backbone's own text encoder (every template x
@@ -331,16 +333,22 @@ def zero_shot_head(backbone: "Backbone", *, prompt_dir: str | Path | None = None
     return head.to(backbone.device).eval()
 
 
-def build_from_card(card: HeadCard, state: dict[str, torch.Tensor]) -> TextHead:
+def build_from_card(
+    card: HeadCard, state: dict[str, torch.Tensor], *, source: str | None = None
+) -> TextHead:
     """Rebuild a (possibly fine-tuned) TextHead saved with ``save_head``.
 
     state: the safetensors state dict (expr_text, au_pos, au_neg, va_coords, logit_scale).
+    source: names the card in errors. The card has no architecture (its ``config`` is
+    descriptive); its fields are checked by ``HeadCard.validate``.
     Raises WeightsError if tensors are missing or do not match the card's feature_dim.
     """
+    source = source or f"text head '{card.name}'"
+    card.validate(source)
     needed = ("expr_text", "au_pos", "au_neg", "va_coords", "logit_scale")
     missing = [name for name in needed if name not in state]
     if missing:
-        raise WeightsError(f"text head '{card.name}': checkpoint lacks tensor(s) {missing}")
+        raise WeightsError(f"{source}: checkpoint lacks tensor(s) {missing}")
     try:
         head = TextHead(
             card, state["expr_text"], state["au_pos"], state["au_neg"], va_coords=state["va_coords"]
@@ -348,6 +356,6 @@ def build_from_card(card: HeadCard, state: dict[str, torch.Tensor]) -> TextHead:
         head.load_state_dict(state, strict=True)
     except (ValueError, RuntimeError) as exc:
         raise WeightsError(
-            f"text head '{card.name}': checkpoint does not match its card ({first_line(exc)})"
+            f"{source}: checkpoint does not match its card ({first_line(exc)})"
         ) from None
     return head

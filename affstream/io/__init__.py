@@ -1,8 +1,9 @@
-"""Sources and decoding: files (and later live streams) to upright RGB frames with PTS times."""
+"""Sources and decoding: open a file (later a device or URL) once, get its metadata and
+its upright RGB frames timed by their PTS."""
 
 from __future__ import annotations
 
-from .decode import count_frames, iter_frames, probe
 from .prefetch import prefetch
+from .sources import VideoSource, count_frames, iter_frames, open_source, probe
 
-__all__ = ["count_frames", "iter_frames", "prefetch", "probe"]
+__all__ = ["VideoSource", "count_frames", "iter_frames", "open_source", "prefetch", "probe"]

@@ -1,11 +1,8 @@
-"""Decode the first video stream of a file into upright RGB frames timed by their PTS.
+"""The PyAV decoding loop: demux and decode one video stream, time frames by their PTS,
+turn them upright, and tally what could not be decoded.
 
-Two entry points:
-
-* :func:`probe` describes a source before decoding (codec, upright size, rotation, rate,
-  declared frame count and duration). It decodes the first frame, because PyAV exposes
-  the display rotation only on decoded frames.
-* :func:`iter_frames` decodes sequentially and yields :class:`~affstream.records.Frame`.
+:mod:`affstream.io.sources` opens a source once and drives these pieces; nothing here
+opens a file twice or holds state between sources.
 
 Times. ``Frame.time_s = (pts - start_time) * time_base`` in seconds, where ``start_time``
 is the video stream's own start time when the container declares one (0 otherwise), so
@@ -39,127 +36,23 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from ..errors import ConfigError, SourceError
-from ..records import DecodeStats, Frame, VideoInfo
+from ..errors import SourceError
+from ..records import DecodeStats
 
 _LOG = logging.getLogger("affstream")
 
 MAX_ERROR_MESSAGES = 20
-_PROBE_MAX_PACKETS = 300  # packets probe() reads while looking for a first frame
+FIRST_FRAME_MAX_PACKETS = 300  # data packets read while looking for a first frame
 _FALLBACK_FRAME_S = 1.0 / 25.0  # FFmpeg's own default rate when nothing is declared
 _IMAGE_FORMATS = ("image2", "image2pipe")  # plus every "*_pipe" demuxer (png_pipe, ...)
 # codecs whose packets may legitimately yield no picture (VP8 alt-ref frames)
 _HIDDEN_FRAME_CODECS = frozenset({"vp8"})
 
 
-# --------------------------------------------------------------------------- public API
-
-
-def probe(path: str | os.PathLike) -> VideoInfo:
-    """Describe the first video stream of ``path``.
-
-    Returns a :class:`VideoInfo` with the upright width/height in pixels (after the
-    display rotation), ``rotation_deg`` (clockwise degrees applied: 0, 90, 180 or 270),
-    the codec name, the average rate in frames/s (None if undeclared or a still image),
-    the declared frame count (None if undeclared), the duration in seconds (None if
-    undeclared) and the stream time base as a string such as ``"1/15360"``.
-
-    Raises SourceError (one line naming the file) for a missing path, a directory, an
-    empty file, a file that is not media, a file without a video stream, and a video
-    stream whose first packets decode to no frame.
-    """
-    name = _check_path(path)
-    container = _open(name)
-    try:
-        stream = _video_stream(container, name)
-        frames = _decoded_frames(container, stream, DecodeStats(), _PROBE_MAX_PACKETS)
-        first = next(frames, None)
-        frames.close()
-        if first is None:
-            raise SourceError(f"{name}: no video frame could be decoded; "
-                              "the file may be corrupt, try re-encoding it")
-        orient = _Orientation.of_frame(first, stream, name, _is_image(container))
-        height, width = orient.upright_shape(first.height, first.width)
-        return VideoInfo(
-            path=name,
-            codec=stream.codec_context.name,
-            width=width,
-            height=height,
-            rotation_deg=orient.rotation_cw,
-            average_fps=None if _is_image(container) else _average_fps(stream),
-            frame_count=_declared_frames(container, stream),
-            duration_s=None if _is_image(container) else _duration_s(container, stream),
-            time_base=str(stream.time_base),
-        )
-    finally:
-        container.close()
-
-
-def iter_frames(path: str | os.PathLike, *, stats: DecodeStats,
-                threads: int = 0) -> Iterator[Frame]:
-    """Decode the first video stream of ``path`` in order, yielding upright frames.
-
-    Frame.index is 1-based and counts delivered frames; Frame.time_s is in seconds from
-    the stream's start (see the module docstring); Frame.image is (H, W, 3) uint8 RGB,
-    C-contiguous, upright. A still image (jpg, png...) is a 1-frame source at 0.0 s.
-
-    stats:   updated in place while decoding: ``frames`` (delivered), ``errors``
-             (packets skipped), ``error_messages`` (at most MAX_ERROR_MESSAGES).
-    threads: FFmpeg codec threads (0 = FFmpeg chooses); frame threading is enabled.
-
-    Raises SourceError (at the first ``next``) for the same inputs as :func:`probe`.
-    """
-    if threads < 0:
-        raise ConfigError(f"decode threads must be >= 0 (got {threads}); use 0 for automatic")
-    name = _check_path(path)
-    container = _open(name)
-    try:
-        stream = _video_stream(container, name)
-        context = stream.codec_context
-        context.thread_type = "AUTO"
-        context.thread_count = threads
-        clock = _Clock(stream)
-        orient: _Orientation | None = None
-        index = 0
-        for frame in _decoded_frames(container, stream, stats):
-            if orient is None:
-                orient = _Orientation.of_frame(frame, stream, name, _is_image(container))
-            time_s = clock.seconds(frame)
-            image = orient.apply(frame.to_ndarray(format="rgb24"))
-            index += 1
-            stats.frames += 1
-            yield Frame(index=index, time_s=time_s, image=image)
-        clock.report(stats, name)
-    finally:
-        container.close()
-
-
-def count_frames(path: str | os.PathLike, *, stats: DecodeStats | None = None) -> int:
-    """Exactly the number of frames :func:`iter_frames` yields for ``path``.
-
-    Same demux/decode loop and the same skipping of undecodable packets, without the
-    RGB conversion and rotation (several times faster). Raises SourceError like
-    :func:`iter_frames`.
-    """
-    name = _check_path(path)
-    stats = stats if stats is not None else DecodeStats()
-    container = _open(name)
-    try:
-        stream = _video_stream(container, name)
-        stream.codec_context.thread_type = "AUTO"
-        count = 0
-        for _ in _decoded_frames(container, stream, stats):
-            count += 1
-        stats.frames += count
-        return count
-    finally:
-        container.close()
-
-
 # --------------------------------------------------------------------- opening sources
 
 
-def _check_path(path: str | os.PathLike) -> str:
+def check_path(path: str | os.PathLike) -> str:
     """The display name of ``path``; raise SourceError for paths that cannot be media."""
     name = os.fspath(path)
     if not isinstance(name, str):
@@ -177,7 +70,7 @@ def _check_path(path: str | os.PathLike) -> str:
     return name
 
 
-def _open(name: str) -> av.container.InputContainer:
+def open_container(name: str) -> av.container.InputContainer:
     """Open ``name`` with PyAV, mapping its errors to one-line SourceErrors."""
     try:
         container = av.open(name, mode="r", metadata_errors="replace")
@@ -197,7 +90,7 @@ def _open(name: str) -> av.container.InputContainer:
     return container
 
 
-def _video_stream(container: av.container.InputContainer, name: str):
+def video_stream(container: av.container.InputContainer, name: str):
     """The first video stream; SourceError naming what the file holds instead."""
     if container.streams.video:
         return container.streams.video[0]
@@ -208,23 +101,23 @@ def _video_stream(container: av.container.InputContainer, name: str):
     raise SourceError(f"{name}: no video stream (holds {held}); give a video file")
 
 
-def _is_image(container: av.container.InputContainer) -> bool:
+def is_image(container: av.container.InputContainer) -> bool:
     fmt = container.format.name
     return fmt in _IMAGE_FORMATS or fmt.endswith("_pipe")
 
 
-def _average_fps(stream) -> float | None:
+def average_fps(stream) -> float | None:
     rate = stream.average_rate
     return float(rate) if rate else None
 
 
-def _declared_frames(container: av.container.InputContainer, stream) -> int | None:
+def declared_frames(container: av.container.InputContainer, stream) -> int | None:
     if stream.frames > 0:
         return int(stream.frames)
     return 1 if container.format.name in _IMAGE_FORMATS and stream.duration == 1 else None
 
 
-def _duration_s(container: av.container.InputContainer, stream) -> float | None:
+def duration_s(container: av.container.InputContainer, stream) -> float | None:
     if stream.duration is not None and stream.duration > 0:
         return float(stream.duration * stream.time_base)
     if container.duration is not None and container.duration > 0:
@@ -255,14 +148,14 @@ class _Tally:
     delivered: int = 0  # frames out of the decoder
 
 
-def _decoded_frames(container: av.container.InputContainer, stream, stats: DecodeStats,
-                    max_packets: int | None = None) -> Iterator[av.VideoFrame]:
+def decoded_frames(container: av.container.InputContainer, stream, stats: DecodeStats,
+                   first_frame_within: int | None = None) -> Iterator[av.VideoFrame]:
     """Demux and decode ``stream``, skipping packets FFmpeg cannot decode.
 
     At the end of the stream, frames missing against the packets sent and packets
     missing against the container's declared count are recorded as errors (see
-    :func:`_check_tally`). ``max_packets`` stops after that many data packets, without
-    flush or checks: probe's use.
+    :func:`_check_tally`). ``first_frame_within`` ends the stream (without flush or
+    checks) when that many data packets have given no frame at all.
     """
     context = stream.codec_context
     tally = _Tally()
@@ -291,7 +184,7 @@ def _decoded_frames(container: av.container.InputContainer, stream, stats: Decod
         for frame in frames:
             tally.delivered += 1
             yield frame
-        if max_packets is not None and tally.sent >= max_packets:
+        if first_frame_within is not None and not tally.delivered and tally.sent >= first_frame_within:
             return
     if not flushed:  # demuxing stopped early: drain what the decoder still holds
         for frame in _flush(context, stats):
@@ -332,7 +225,7 @@ def _reason(error: Exception) -> str:
 # -------------------------------------------------------------------------------- time
 
 
-class _Clock:
+class FrameClock:
     """Turns frame PTS into seconds from the stream start; extrapolates missing PTS."""
 
     def __init__(self, stream) -> None:
@@ -375,7 +268,7 @@ class _Clock:
 
 
 @dataclass(frozen=True)
-class _Orientation:
+class Orientation:
     """How to turn a stored picture upright: mirror left-right first (if ``mirror``),
     then rotate ``rotation_cw`` degrees clockwise (0, 90, 180 or 270)."""
 
@@ -394,7 +287,7 @@ class _Orientation:
         return (width, height) if self.rotation_cw in (90, 270) else (height, width)
 
     @classmethod
-    def of_frame(cls, frame: av.VideoFrame, stream, name: str, is_image: bool) -> _Orientation:
+    def of_frame(cls, frame: av.VideoFrame, stream, name: str, is_image: bool) -> Orientation:
         """Orientation from the frame's display matrix, the stream's legacy ``rotate``
         tag, or (PyAV cannot read this frame's side data) a fallback."""
         try:
@@ -412,7 +305,7 @@ class _Orientation:
         return cls()
 
     @classmethod
-    def from_matrix(cls, matrix: np.ndarray) -> _Orientation:
+    def from_matrix(cls, matrix: np.ndarray) -> Orientation:
         """From FFmpeg's 3x3 display matrix (9 int32, 16.16 fixed point for a, b, c, d),
         which maps a stored pixel (x, y) to display (a*x + c*y, b*x + d*y)."""
         a, b, _, c, d = (float(v) / 65536.0 for v in matrix[:5])
@@ -422,7 +315,7 @@ class _Orientation:
         return cls(rotation_cw=_nearest_quarter(math.degrees(math.atan2(b, a))), mirror=mirror)
 
     @classmethod
-    def _fallback(cls, frame: av.VideoFrame, name: str, is_image: bool) -> _Orientation:
+    def _fallback(cls, frame: av.VideoFrame, name: str, is_image: bool) -> Orientation:
         if is_image:
             exif = _exif_orientation(name)
             if exif is not None:
@@ -458,7 +351,7 @@ _EXIF_ORIENTATIONS = {
 }
 
 
-def _exif_orientation(name: str) -> _Orientation | None:
+def _exif_orientation(name: str) -> Orientation | None:
     """Orientation from a still image's EXIF tag (Pillow), or None if unreadable."""
     try:
         from PIL import Image
@@ -470,4 +363,4 @@ def _exif_orientation(name: str) -> _Orientation | None:
     if tag not in _EXIF_ORIENTATIONS:
         return None
     rotation, mirror = _EXIF_ORIENTATIONS[tag]
-    return _Orientation(rotation_cw=rotation, mirror=mirror)
+    return Orientation(rotation_cw=rotation, mirror=mirror)

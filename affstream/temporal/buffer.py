@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..records import ReadyWindow
 from .windows import (
     DEFAULT_WINDOW_LENGTH,
     DEFAULT_WINDOW_STRIDE,
@@ -35,25 +36,6 @@ from .windows import (
     check_window_params,
     window_weights,
 )
-
-
-@dataclass(frozen=True, eq=False)
-class ReadyWindow:
-    """One window of one track, ready for the head.
-
-    start:       position of its first frame in the track's sequence (0-based).
-    frame_index: (w_valid,) int64, 1-based video frame of each position.
-    features:    (w_valid, D) float32; the caller pads to w with mask False.
-    """
-
-    track_id: int
-    start: int
-    frame_index: np.ndarray
-    features: np.ndarray
-
-    @property
-    def valid_length(self) -> int:
-        return int(self.frame_index.shape[0])
 
 
 def stack_windows(windows: list[ReadyWindow], length: int) -> tuple[np.ndarray, np.ndarray]:

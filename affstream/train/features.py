@@ -269,8 +269,8 @@ def find_video(root: Path, video: str) -> Path:
 
 
 def count_video_frames(path: Path) -> int:
-    """Number of frames :func:`affstream.io.decode.iter_frames` delivers for ``path``."""
-    from ..io.decode import count_frames
+    """Number of frames :func:`affstream.io.sources.iter_frames` delivers for ``path``."""
+    from ..io.sources import count_frames
     from ..records import DecodeStats
 
     stats = DecodeStats()
@@ -290,7 +290,7 @@ def _collect_tracks(stream, dtype: str) -> tuple[dict[int, TrackBoxes], dict[int
     n_decoded = 0
     for frame_faces, frame_feats in stream:
         n_decoded += 1
-        row = frame_faces.index - 1
+        row = frame_faces.frame_index - 1
         for face, feat in zip(frame_faces.faces, frame_feats):
             track = int(face.track_id)
             if row < 0 or (rows.get(track) and rows[track][-1] >= row):

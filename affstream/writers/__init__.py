@@ -1,4 +1,11 @@
-"""Output writers: per-frame CSV and the per-video JSON report, written atomically."""
+"""Output writers: the per-frame table (CSV, JSONL) and the per-video JSON report.
+
+Per-frame table writers share :class:`TableWriter` (``write``, ``rows``, ``close``,
+``abort``, context manager) and its two modes: ``"atomic"`` (default; the file appears
+complete under its name on close) and ``"live"`` (a session log written straight to
+its name, flushed row by row). :func:`get_writer` opens one by format name.
+:func:`read_csv` / :func:`read_jsonl` read back what the table writers wrote.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +13,57 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import AtomicFile, atomic_path, atomic_write_text
-from .columns import COLUMN_DOCS, CSV_COLUMNS, format_row
-from .csv import CsvWriter
-from .report import dumps_report, to_jsonable, write_report
+from .columns import (
+    COLUMN_DOCS,
+    CSV_COLUMNS,
+    WRITER_MODES,
+    TableWriter,
+    annotation_from_row,
+    check_mode,
+    format_row,
+    typed_row,
+)
+from .csv import CsvWriter, iter_csv, read_csv
+from .json import dumps_json_report, to_jsonable, write_json_report
+from .jsonl import JsonlWriter, iter_jsonl, read_jsonl
 
-WRITERS: dict[str, type[CsvWriter]] = {"csv": CsvWriter}
-"""Per-frame table writers by format name (``jsonl`` to come)."""
+WRITERS: dict[str, type[TableWriter]] = {"csv": CsvWriter, "jsonl": JsonlWriter}
+"""Per-frame table writers by format name."""
 
 
-def get_writer(fmt: str, path: str | Path) -> CsvWriter:
-    """Open a per-frame writer for format ``fmt`` ("csv") that publishes to ``path`` on close().
+def get_writer(fmt: str, path: str | Path, *, mode: str = "atomic", overwrite: bool = False) -> TableWriter:
+    """Open a per-frame writer for format ``fmt`` ("csv" or "jsonl") on ``path``.
 
-    Raises ConfigError for an unknown format.
+    ``mode`` is "atomic" (publish on close) or "live" (a log written and flushed row by
+    row; an existing ``path`` is refused unless ``overwrite``). ConfigError for an
+    unknown format or mode; OutputError if ``path`` cannot be created.
     """
-    key = fmt.strip().lower()
+    key = str(fmt).strip().lower()
     if key not in WRITERS:
-        known = ", ".join(sorted(WRITERS))
-        raise ConfigError(f"unknown output format '{fmt}' (known: {known})")
-    return WRITERS[key](path)
+        raise ConfigError(f"unknown output format '{fmt}' (known: {', '.join(sorted(WRITERS))})")
+    return WRITERS[key](path, mode=check_mode(mode), overwrite=overwrite)
 
 
 __all__ = [
-    "AtomicFile",
     "COLUMN_DOCS",
     "CSV_COLUMNS",
-    "CsvWriter",
     "WRITERS",
+    "WRITER_MODES",
+    "AtomicFile",
+    "CsvWriter",
+    "JsonlWriter",
+    "TableWriter",
+    "annotation_from_row",
     "atomic_path",
     "atomic_write_text",
-    "dumps_report",
+    "dumps_json_report",
     "format_row",
     "get_writer",
+    "iter_csv",
+    "iter_jsonl",
+    "read_csv",
+    "read_jsonl",
     "to_jsonable",
-    "write_report",
+    "typed_row",
+    "write_json_report",
 ]

@@ -1,22 +1,46 @@
-"""The per-frame table: column names, their documentation, and row formatting.
+"""The per-frame table: its columns, their documentation, and the row in both directions.
 
 One row per face per frame, or one row for a frame without a face (``face_id`` -1,
-``success`` 0, every measurement empty). Every writer (CSV today, JSONL later) and the
-README's column table use :data:`CSV_COLUMNS`, :data:`COLUMN_DOCS` and
-:func:`format_row`, so they cannot drift apart.
+``success`` 0, every measurement empty). Every table writer (CSV, JSONL), every reader
+and the README's column table use :data:`CSV_COLUMNS`, :data:`COLUMN_DOCS`,
+:func:`format_row` and :func:`annotation_from_row`, so they cannot drift apart.
 
-Formatting rules: fixed decimals, never scientific notation, never ``-0.0000``
-(a value that rounds to zero is written unsigned); a value that is ``None`` (no face,
-or a task the head does not predict) or not finite is an empty cell.
+Names. The table keeps the OpenFace column names: ``frame`` holds
+:attr:`FrameAnnotation.frame_index` (1-based) and ``face_id`` holds
+:attr:`FrameAnnotation.track_id` (-1 on a frame without a face). The face box is written
+as ``face_x``, ``face_y`` (top-left corner), ``face_width``, ``face_height`` in pixels,
+from ``box_xyxy``.
+
+Formatting rules: fixed decimals (6 for the timestamp in seconds, 4 for scores and
+probabilities, 2 for pixels), never scientific notation, never ``-0.0000`` (a value
+that rounds to zero is written unsigned); a value that is ``None`` (no face, or a task
+the head does not predict) or not finite is an empty cell.
+
+Typed rows. :func:`typed_row` is the same row as Python values (int, float, str or
+None), parsed back from the formatted cells so that a JSONL row holds exactly the
+numbers the CSV prints. :func:`annotation_from_row` rebuilds a
+:class:`~affstream.records.FrameAnnotation` from typed values, within printed precision.
+
+Writers. :class:`TableWriter` is the base every per-frame table writer shares
+(``write``, ``rows``, ``close``, ``abort``, context manager) with its two modes,
+``"atomic"`` and ``"live"`` (see there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, ClassVar, Self
 
 import numpy as np
 
+from ..errors import ConfigError, OutputError
+from ..files import AtomicFile
 from ..labels import AU_COLUMN_STEMS, AU_LABELS, EXPR_LABELS
 from ..records import FrameAnnotation
 
@@ -28,6 +52,9 @@ EXPR_COLUMNS: tuple[str, ...] = tuple(f"expr_{label.lower()}" for label in EXPR_
 AU_COLUMNS: tuple[str, ...] = tuple(
     name for stem in AU_COLUMN_STEMS for name in (f"{stem}_c", f"{stem}_p")
 )
+BOX_COLUMNS: tuple[str, ...] = ("face_x", "face_y", "face_width", "face_height")
+AU_PRESENT_COLUMNS: tuple[str, ...] = tuple(f"{stem}_c" for stem in AU_COLUMN_STEMS)
+AU_PROB_COLUMNS: tuple[str, ...] = tuple(f"{stem}_p" for stem in AU_COLUMN_STEMS)
 
 CSV_COLUMNS: tuple[str, ...] = (
     "frame",
@@ -79,9 +106,9 @@ def _column_docs() -> dict[str, str]:
         "arousal": "Arousal in [-1, 1] (calm to excited); empty if the head does not predict it.",
         "expression": "Most probable of the 8 expressions (" + ", ".join(EXPR_LABELS) + ").",
     }
-    for label, column in zip(EXPR_LABELS, EXPR_COLUMNS):
+    for label, column in zip(EXPR_LABELS, EXPR_COLUMNS, strict=True):
         docs[column] = f"Probability of the expression {label} in [0, 1]; the 8 sum to 1."
-    for label, stem in zip(AU_LABELS, AU_COLUMN_STEMS):
+    for label, stem in zip(AU_LABELS, AU_COLUMN_STEMS, strict=True):
         name = _AU_NAMES[label]
         docs[f"{stem}_c"] = f"{label} ({name}) present: 1 if its probability reaches the head's threshold, else 0."
         docs[f"{stem}_p"] = f"Probability of {label} ({name}) in [0, 1]."
@@ -152,9 +179,9 @@ def format_row(ann: FrameAnnotation) -> list[str]:
     """
     probs = _vector(ann.expr_probs, len(EXPR_LABELS), "expr_probs")
     row = [
-        str(int(ann.frame)),
+        str(int(ann.frame_index)),
         format_fixed(ann.time_s, TIME_DECIMALS),
-        str(int(ann.face_id)),
+        str(int(ann.track_id)),
         format_fixed(ann.confidence, SCORE_DECIMALS),
         "1" if ann.success else "0",
         *_box_cells(ann.box_xyxy),
@@ -169,3 +196,311 @@ def format_row(ann: FrameAnnotation) -> list[str]:
         *_au_cells(ann.au_present, ann.au_probs),
     ]
     return row
+
+
+# --------------------------------------------------------------------- typed values
+
+Cell = int | float | str | None
+"""One typed cell: int, finite float, expression name, or None for an empty cell."""
+
+INT, FLAG, FLOAT, LABEL = "int", "flag", "float", "label"
+
+
+def _column_kinds() -> dict[str, str]:
+    kinds = {column: FLOAT for column in CSV_COLUMNS}
+    kinds.update(frame=INT, face_id=INT, success=FLAG, expression=LABEL)
+    kinds.update({column: FLAG for column in AU_PRESENT_COLUMNS})
+    return kinds
+
+
+COLUMN_KINDS: dict[str, str] = _column_kinds()
+"""Value kind of every column, in :data:`CSV_COLUMNS` order: ``"int"``, ``"flag"`` (0 or
+1), ``"float"`` (finite) or ``"label"`` (one of ``labels.EXPR_LABELS``)."""
+
+REQUIRED_COLUMNS: frozenset[str] = frozenset({"frame", "face_id", "success"})
+"""Columns that are never empty; any other cell may be."""
+
+_INT_TEXT = re.compile(r"-?[0-9]+")
+_FLOAT_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
+def parse_cell(column: str, text: str) -> Cell:
+    """The typed value of one cell as :func:`format_row` writes it ("" -> None).
+
+    Only the forms the writer produces are accepted (no exponent, no spaces, no
+    ``nan``); ValueError naming the column otherwise. Kinds and ranges are checked by
+    :func:`annotation_from_row`.
+    """
+    if text == "":
+        return None
+    kind = COLUMN_KINDS[column]
+    if kind == LABEL:
+        return text
+    try:
+        if kind in (INT, FLAG):
+            if _INT_TEXT.fullmatch(text):
+                return int(text)
+        elif _FLOAT_TEXT.fullmatch(text):
+            return float(text)
+    except ValueError:  # more digits than Python converts
+        pass
+    what = "an integer" if kind in (INT, FLAG) else "a fixed-point number"
+    raise ValueError(f"column {column}: {text[:24]!r} is not {what}")
+
+
+def typed_row(ann: FrameAnnotation) -> list[Cell]:
+    """:func:`format_row` as typed values: floats are the printed decimals exactly.
+
+    ``len(CSV_COLUMNS)`` values: int for ``frame``, ``face_id``, ``success`` and the
+    ``AU*_c`` flags, float for every measurement, the expression name as str, None
+    for an empty cell.
+    """
+    return [parse_cell(column, text) for column, text in zip(CSV_COLUMNS, format_row(ann), strict=True)]
+
+
+def _check_value(column: str, value: Any) -> None:
+    if value is None:
+        if column in REQUIRED_COLUMNS:
+            raise ValueError(f"column {column}: empty, but every row has a value there")
+        return
+    kind = COLUMN_KINDS[column]
+    if kind == LABEL:
+        if not isinstance(value, str) or value not in EXPR_LABELS:
+            raise ValueError(f"column {column}: {value!r} is not one of {', '.join(EXPR_LABELS)}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"column {column}: {value!r} is not a number")
+    elif kind == FLOAT:
+        if not _finite(value):
+            raise ValueError(f"column {column}: {str(value)[:24]} is not a finite number")
+    elif not isinstance(value, int):
+        raise ValueError(f"column {column}: {value!r} is not an integer")
+    elif kind == FLAG and value not in (0, 1):
+        raise ValueError(f"column {column}: {value!r} is neither 0 nor 1")
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _group(row: dict[str, Cell], columns: tuple[str, ...], what: str) -> list[Any] | None:
+    """The values of ``columns``, all set, or None when all are empty."""
+    values = [row[column] for column in columns]
+    empty = [column for column, value in zip(columns, values, strict=True) if value is None]
+    if len(empty) == len(columns):
+        return None
+    if empty:
+        raise ValueError(f"column {empty[0]}: empty while other {what} columns have values")
+    return values
+
+
+def _float_or_nan(value: Cell) -> float:
+    return math.nan if value is None else float(value)
+
+
+def annotation_from_row(values: Sequence[Cell]) -> FrameAnnotation:
+    """Rebuild the FrameAnnotation of one typed row (the inverse of :func:`typed_row`).
+
+    ``values`` are in :data:`CSV_COLUMNS` order. The box comes back as (4,) float32
+    xyxy pixels (``face_x + face_width`` ...), probabilities as float32 arrays,
+    ``AU*_c`` as a (12,) bool array, the expression name as its index; an empty
+    measurement is None (an empty ``timestamp`` or ``confidence`` is NaN, as a NaN
+    was written empty). Raises ValueError naming the first offending column.
+    """
+    if len(values) != len(CSV_COLUMNS):
+        raise ValueError(f"{len(values)} values, expected {len(CSV_COLUMNS)}")
+    row = dict(zip(CSV_COLUMNS, values, strict=True))
+    for column, value in row.items():
+        _check_value(column, value)
+    box = _group(row, BOX_COLUMNS, "face box")
+    expr = _group(row, EXPR_COLUMNS, "expression probability")
+    present = _group(row, AU_PRESENT_COLUMNS, "AU presence")
+    au_probs = _group(row, AU_PROB_COLUMNS, "AU probability")
+    label = row["expression"]
+    return FrameAnnotation(
+        frame_index=int(row["frame"]),
+        time_s=_float_or_nan(row["timestamp"]),
+        track_id=int(row["face_id"]),
+        confidence=_float_or_nan(row["confidence"]),
+        success=bool(row["success"]),
+        box_xyxy=None if box is None else np.array(
+            [box[0], box[1], box[0] + box[2], box[1] + box[3]], dtype=np.float32
+        ),
+        valence=None if row["valence"] is None else float(row["valence"]),
+        arousal=None if row["arousal"] is None else float(row["arousal"]),
+        expression=None if label is None else EXPR_LABELS.index(str(label)),
+        expr_probs=None if expr is None else np.array(expr, dtype=np.float32),
+        au_probs=None if au_probs is None else np.array(au_probs, dtype=np.float32),
+        au_present=None if present is None else np.array(present, dtype=bool),
+    )
+
+
+# --------------------------------------------------------------------- writer base
+
+WRITER_MODES: tuple[str, ...] = ("atomic", "live")
+"""How a table writer publishes its file (see :class:`TableWriter`)."""
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` normalised ("atomic" or "live"); ConfigError for anything else."""
+    key = str(mode).strip().lower()
+    if key not in WRITER_MODES:
+        raise ConfigError(f"unknown writer mode '{mode}' (known: {', '.join(WRITER_MODES)})")
+    return key
+
+
+def open_live(path: Path, *, overwrite: bool = False) -> IO[str]:
+    """Open ``path`` for a live log: UTF-8 text, no newline translation.
+
+    Created with ``O_EXCL`` (OutputError if it exists) unless ``overwrite``, which
+    truncates an existing file instead.
+    """
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name for the output")
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0)
+    flags |= os.O_TRUNC if overwrite else os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileExistsError:
+        raise OutputError(
+            f"{path}: already exists; pass overwrite=True to replace it, or choose another name"
+        ) from None
+    except FileNotFoundError:
+        raise OutputError(
+            f"{path}: output folder '{path.parent}' does not exist; create it or choose another output path"
+        ) from None
+    except OSError as exc:
+        raise OutputError(
+            f"{path}: cannot create an output file here ({exc.strerror}); check the folder's permissions"
+        ) from None
+    try:
+        return open(fd, "w", encoding="utf-8", newline="")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class TableWriter:
+    """Base of the per-frame table writers: one row per :class:`FrameAnnotation`.
+
+    ``mode="atomic"`` (default): rows stream to a hidden temporary file beside ``path``
+    (:class:`~affstream.files.AtomicFile`); :meth:`close` publishes it, :meth:`abort`
+    deletes it, and a previous ``path`` stays intact until then (``overwrite`` does
+    not apply: publishing always replaces).
+
+    ``mode="live"``: a session log. Rows go straight to ``path``, the header first, and
+    each is flushed as it is written, so a killed process leaves a complete,
+    parseable file that lacks at most the row being written. An existing ``path`` is
+    refused unless ``overwrite``. :meth:`close` flushes, fsyncs and closes;
+    :meth:`abort` keeps the rows written so far and just closes.
+
+    As a context manager a normal exit closes and an exception aborts. Subclasses set
+    :attr:`format_name` and implement :meth:`_write_row` (and :meth:`_start` for a
+    header), writing each row with one ``write`` call to ``self._handle``.
+    """
+
+    format_name: ClassVar[str] = "table"
+
+    def __init__(self, path: str | Path, *, mode: str = "atomic", overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.mode = check_mode(mode)
+        self._rows = 0
+        self._done = False
+        self._atomic: AtomicFile | None = None
+        if self.mode == "live":
+            self._handle = open_live(self.path, overwrite=overwrite)
+        else:
+            self._atomic = AtomicFile(self.path, encoding="utf-8", newline="")
+            self._handle = self._atomic.handle
+        try:
+            self._start()
+            if self._atomic is None:
+                self._handle.flush()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _start(self) -> None:
+        """Write what precedes the rows (a header); nothing by default."""
+
+    def _write_row(self, ann: FrameAnnotation) -> None:
+        raise NotImplementedError
+
+    @property
+    def rows(self) -> int:
+        """Data rows written so far (a header not counted)."""
+        return self._rows
+
+    @property
+    def done(self) -> bool:
+        """True once closed or aborted."""
+        return self._done
+
+    @property
+    def temp_path(self) -> Path | None:
+        """Where an atomic writer's rows are until close(); None in live mode."""
+        return None if self._atomic is None else self._atomic.temp_path
+
+    def write(self, ann: FrameAnnotation) -> None:
+        """Append one row (flushed at once in live mode). ValueError after close() or abort()."""
+        if self._done:
+            raise ValueError(f"{self.path}: {self.format_name} writer is already closed")
+        try:
+            self._write_row(ann)
+            if self._atomic is None:
+                self._handle.flush()
+        except OSError as exc:
+            raise OutputError(
+                f"{self.path}: cannot write ({exc.strerror or exc}); free disk space or choose another output path"
+            ) from None
+        self._rows += 1
+
+    def close(self) -> None:
+        """Atomic: flush, fsync and rename onto ``path``. Live: flush, fsync, close. Idempotent."""
+        if self._done:
+            return
+        self._done = True
+        if self._atomic is not None:
+            self._atomic.commit()
+            return
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            _close_quietly(self._handle)
+            raise OutputError(f"{self.path}: cannot finish the file ({exc.strerror or exc})") from None
+        self._handle.close()
+
+    def abort(self) -> None:
+        """Atomic: delete the temporary file (``path`` untouched). Live: keep the rows, close.
+
+        No-op after close(); never raises for the file it gives up.
+        """
+        if self._done:
+            return
+        self._done = True
+        if self._atomic is not None:
+            self._atomic.discard()
+        else:
+            _close_quietly(self._handle)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _close_quietly(handle: IO[str]) -> None:
+    with contextlib.suppress(OSError):
+        handle.close()

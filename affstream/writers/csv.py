@@ -1,78 +1,104 @@
-"""Streaming per-frame CSV writer, published atomically when complete.
+"""The per-frame table as CSV: a streaming writer and a reader for what it wrote.
 
-Rows go straight to a temporary file beside the target (memory stays flat however
-long the video); :meth:`CsvWriter.close` renames it onto the final name. Format:
-UTF-8, ``\\n`` line endings, one header line (:data:`~.columns.CSV_COLUMNS`), then
-one row per :class:`~affstream.records.FrameAnnotation` as :func:`~.columns.format_row`
-renders it.
+Format: UTF-8, ``\\n`` line endings, one header line (:data:`~.columns.CSV_COLUMNS`,
+44 columns, OpenFace names ``frame`` and ``face_id``), then one row per
+:class:`~affstream.records.FrameAnnotation` as :func:`~.columns.format_row` renders it.
+:class:`CsvWriter` publishes atomically by default or writes a live log
+(:class:`~.columns.TableWriter`). :func:`read_csv` / :func:`iter_csv` rebuild the
+records from such a file, within its printed precision, and refuse any other CSV
+with a one-line :class:`~affstream.errors.DataError`.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 
+from ..errors import DataError
 from ..records import FrameAnnotation
-from ..files import AtomicFile
-from .columns import CSV_COLUMNS, format_row
+from .columns import (
+    CSV_COLUMNS,
+    TableWriter,
+    annotation_from_row,
+    format_row,
+    parse_cell,
+)
+
+_NAMED = 3  # foreign / missing columns named in an error message, at most
 
 
-class CsvWriter:
-    """Write FrameAnnotations to ``path`` as CSV; nothing appears under ``path`` until close().
+class CsvWriter(TableWriter):
+    """Write FrameAnnotations to ``path`` as CSV.
 
-    Use as a context manager: a normal exit closes (publishes) the file, an exception
-    aborts it (the temporary file is deleted, a previous ``path`` is left untouched).
+    ``mode="atomic"`` (default): nothing appears under ``path`` until close().
+    ``mode="live"``: header and rows go straight to ``path``, flushed row by row.
+    See :class:`~.columns.TableWriter` for close / abort and the context manager.
     """
 
     format_name = "csv"
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._out = AtomicFile(self.path, encoding="utf-8", newline="")
-        self._csv = csv.writer(self._out.handle, lineterminator="\n")
-        self._rows = 0
-        try:
-            self._csv.writerow(CSV_COLUMNS)
-        except BaseException:
-            self._out.discard()
-            raise
+    def _start(self) -> None:
+        self._csv = csv.writer(self._handle, lineterminator="\n")
+        self._csv.writerow(CSV_COLUMNS)
 
-    @property
-    def rows(self) -> int:
-        """Data rows written so far (the header not counted)."""
-        return self._rows
-
-    @property
-    def temp_path(self) -> Path:
-        """Where the rows are written until close()."""
-        return self._out.temp_path
-
-    def write(self, ann: FrameAnnotation) -> None:
-        """Append one row. Raises ValueError after close() or abort()."""
-        if self._out.done:
-            raise ValueError(f"{self.path}: CSV writer is already closed")
+    def _write_row(self, ann: FrameAnnotation) -> None:
         self._csv.writerow(format_row(ann))
-        self._rows += 1
 
-    def close(self) -> None:
-        """Flush, fsync and atomically rename the temporary file onto ``path``. Idempotent."""
-        self._out.commit()
 
-    def abort(self) -> None:
-        """Delete the temporary file; ``path`` is untouched. No-op after close()."""
-        self._out.discard()
+def _some(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_NAMED])
+    return shown if len(names) <= _NAMED else f"{shown} and {len(names) - _NAMED} more"
 
-    def __enter__(self) -> "CsvWriter":
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+def _header_problem(header: Sequence[str]) -> str:
+    foreign = [name for name in header if name not in CSV_COLUMNS]
+    missing = [name for name in CSV_COLUMNS if name not in header]
+    parts = []
+    if foreign:
+        parts.append(f"foreign columns: {_some(foreign)}")
+    if missing:
+        parts.append(f"missing columns: {_some(missing)}")
+    return "; ".join(parts) or "columns repeated or out of order"
+
+
+def iter_csv(path: str | Path) -> Iterator[FrameAnnotation]:
+    """Yield the FrameAnnotation of every row of a per-frame CSV that affstream wrote.
+
+    Values come back within printed precision (see :func:`~.columns.annotation_from_row`).
+    Raises DataError, naming the file (and the line and column of a bad cell), for
+    an unreadable or empty file, a header other than ``CSV_COLUMNS`` (an OpenFace or
+    py-feat CSV, say), a row with the wrong number of cells or an unparsable value.
+    """
+    path = Path(path)
+    hint = "give a per-frame CSV written by affstream annotate"
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: is empty; {hint}")
+            if tuple(header) != CSV_COLUMNS:
+                raise DataError(f"{path}: not an affstream per-frame CSV ({_header_problem(header)}); {hint}")
+            for cells in reader:
+                where = f"{path}, line {reader.line_num}"
+                if len(cells) != len(CSV_COLUMNS):
+                    raise DataError(
+                        f"{where}: {len(cells)} cells, expected {len(CSV_COLUMNS)}; "
+                        "the file is damaged, write it again"
+                    )
+                try:
+                    yield annotation_from_row([parse_cell(c, t) for c, t in zip(CSV_COLUMNS, cells, strict=True)])
+                except ValueError as exc:
+                    raise DataError(f"{where}: {exc}; the file is damaged, write it again") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: is not UTF-8 text; {hint}") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: unreadable CSV ({exc}); {hint}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc}); check the path") from None
+
+
+def read_csv(path: str | Path) -> list[FrameAnnotation]:
+    """All rows of :func:`iter_csv` as a list (same errors)."""
+    return list(iter_csv(path))

@@ -1,8 +1,15 @@
-"""Loading the stages of a pipeline once, so every video (file, corpus or live) reuses them.
+"""The pipeline: its models loaded once, the steps between them, and the schedules that
+drive those steps.
 
-The schedulers live elsewhere and only wire these stages together:
-:mod:`affstream.faces` (detect/track/align/embed) and :mod:`affstream.predict` (head
-and row order). :mod:`affstream.api` runs them over one video.
+    stages = load_stages(config)          # detector, backbone, head on one device
+    # steps, shared by every schedule:
+    #   pipeline.faces    frames -> tracked, aligned, embedded faces (FaceChunk)
+    #   pipeline.predict  FaceChunk -> head outputs -> rows (per-frame, or windows per track)
+    # schedules (drivers over the same steps):
+    #   pipeline.offline  one file, batched for throughput; many inputs with a failure policy
+
+A live schedule (``affstream stream``) is another driver beside ``offline`` over the same
+steps: it batches whatever frames have arrived instead of fixed counts.
 """
 
 from __future__ import annotations
@@ -10,26 +17,34 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ..config import PipelineConfig
+from ..errors import ConfigError
+from ..runtime import resolve_device
 
-from .config import PipelineConfig
-from .runtime import resolve_device
-from .errors import ConfigError
-from .heads.base import AffectHead, load_head_checkpoint
+if TYPE_CHECKING:  # torch and the models are imported only when stages are loaded
+    import torch
+
+    from ..detect.mtcnn import MTCNNDetector
+    from ..embed.backbone import Backbone
+    from ..heads.base import AffectHead
 
 log = logging.getLogger("affstream")
 
 
 @dataclass(eq=False)
 class Stages:
-    """Loaded models of one pipeline: detector, backbone, head (all on ``device``)."""
+    """Loaded models of one pipeline, all on ``device``.
+
+    head is None when loaded with ``with_head=False`` (feature extraction only);
+    head_identity is the head's entry of the JSON report (name, kind, sha256, path).
+    """
 
     config: PipelineConfig
     device: torch.device
-    detector: Any  # affstream.detect.mtcnn.MTCNNDetector
-    backbone: Any  # affstream.embed.backbone.Backbone
+    detector: MTCNNDetector
+    backbone: Backbone
     head: AffectHead | None
     head_identity: dict[str, Any]
 
@@ -40,20 +55,23 @@ class Stages:
         return bool(self.backbone.meaningful and head_ok)
 
 
-def load_head(spec: str, backbone, device: torch.device) -> tuple[AffectHead, dict[str, Any]]:
+def load_head(spec: str, backbone: Backbone, device: torch.device) -> tuple[AffectHead, dict[str, Any]]:
     """``zeroshot`` (text head built from ``backbone``) or a checkpoint path.
 
     A checkpoint must have been trained on features of the same backbone: its card's
     ``backbone`` and ``feature_dim`` are checked against the pipeline's.
     """
+    from ..heads.base import load_head_checkpoint
+
     if spec == "zeroshot":
-        from .heads.text import zero_shot_head
+        from ..heads.text import zero_shot_head
 
         head = zero_shot_head(backbone).to(device).eval()
         return head, {"name": "zeroshot", "kind": head.card.kind, "sha256": None, "path": None}
     path = Path(spec)
     if not (path.exists() or path.with_suffix(".json").exists() or path.with_suffix(".safetensors").exists()):
-        raise ConfigError(f"head '{spec}' not found: give 'zeroshot' or the path of a trained head (.safetensors with its .json card)")
+        raise ConfigError(f"head '{spec}' not found: give 'zeroshot' or the path of a trained head "
+                          "(.safetensors with its .json card)")
     head, sha256 = load_head_checkpoint(path, device)
     card = head.card
     if card.backbone != str(backbone.spec) or card.feature_dim != backbone.feature_dim:
@@ -64,14 +82,14 @@ def load_head(spec: str, backbone, device: torch.device) -> tuple[AffectHead, di
     return head, {"name": card.name, "kind": card.kind, "sha256": sha256, "path": str(path)}
 
 
-def load_stages(config: PipelineConfig, *, backbone=None, with_head: bool = True) -> Stages:
+def load_stages(config: PipelineConfig, *, backbone: Backbone | None = None, with_head: bool = True) -> Stages:
     """Load detector, backbone and head for ``config`` on its device.
 
     ``backbone`` may be passed in to share one loaded backbone between pipelines;
     ``with_head=False`` skips the head (feature extraction only; ``head`` is None).
     """
-    from .detect.mtcnn import MTCNNDetector
-    from .embed.backbone import load_backbone
+    from ..detect.mtcnn import MTCNNDetector
+    from ..embed.backbone import load_backbone
 
     device = resolve_device(config.device)
     detector = MTCNNDetector(config.detect, device)
@@ -87,3 +105,6 @@ def load_stages(config: PipelineConfig, *, backbone=None, with_head: bool = True
         head, identity = load_head(config.head.head, backbone, device)
     log.info("pipeline %s on %s: backbone %s, head %s", config.name, device, backbone.spec, identity["name"])
     return Stages(config, device, detector, backbone, head, identity)
+
+
+__all__ = ["Stages", "load_head", "load_stages"]

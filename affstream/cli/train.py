@@ -1,7 +1,6 @@
 """Command line for training: ``features``, ``train``, ``evaluate``, ``export-abaw``.
 
-Registered on the main group by :func:`register`. Like :mod:`affstream.cli`, nothing
-heavy is imported at module level; progress goes to stderr and only ``evaluate``
+Like the rest of :mod:`affstream.cli`, nothing heavy is imported at module level; progress goes to stderr and only ``evaluate``
 writes to stdout (one JSON object). A user error prints ``error: ...`` on stderr and
 exits with code 2; a run with failed inputs exits with 1; an interruption with 130.
 """
@@ -9,31 +8,13 @@ exits with code 2; a run with failed inputs exits with 1; an interruption with 1
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
+from . import _ui
+
 TASK_CHOICES = click.Choice(["expr", "au", "va", "all"])
-
-
-def _fail(message: str) -> None:
-    from .cli import _fail as fail
-
-    fail(message)
-
-
-def _console():
-    from .cli import _stderr_console
-
-    return _stderr_console()
-
-
-def _interrupted(console, hint: str) -> None:
-    from .cli import EXIT_INTERRUPTED
-
-    console.print(f"[red]interrupted[/]: {hint}", soft_wrap=True)
-    sys.exit(EXIT_INTERRUPTED)
 
 
 # --------------------------------------------------------------------------- features
@@ -54,10 +35,10 @@ def features_command(root, out, backbone, source, device, batch_size, test_list)
     """Compute the CLIP feature bank of an Aff-Wild2-format dataset ROOT (resumable)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .errors import AffstreamError
-    from .train.features import build_feature_bank
+    from ..errors import AffstreamError
+    from ..train.features import build_feature_bank
 
-    console = _console()
+    console = _ui.stderr_console()
     columns = (TextColumn("[bold]features"), BarColumn(), MofNCompleteColumn(), TextColumn("people"),
                TimeElapsedColumn(), TextColumn("{task.fields[name]}"))
     try:
@@ -70,17 +51,15 @@ def features_command(root, out, backbone, source, device, batch_size, test_list)
             summary = build_feature_bank(root, out, backbone=backbone, source=source, device=device,
                                          batch_size=batch_size, progress=progress, test_list=test_list)
     except AffstreamError as exc:
-        _fail(str(exc))
+        _ui.fail(str(exc))
     except KeyboardInterrupt:
-        _interrupted(console, "people already written are kept; run the same command again to resume")
+        _ui.interrupted(console, "people already written are kept; run the same command again to resume")
     console.print(f"{out}: {summary['done']} people written, {summary['skipped']} already there, "
                   f"{summary['frames']} frames ({summary['missing']} without a face)", soft_wrap=True, markup=False)
     if summary["failed"]:
-        from .cli import EXIT_INPUT_FAILED
-
         for name, message in summary["failed"].items():
-            console.print(f"[bold red]error:[/] {name}: {message}", soft_wrap=True)
-        sys.exit(EXIT_INPUT_FAILED)
+            _ui.error(console, f"{name}: {message}")
+        raise SystemExit(_ui.EXIT_INPUT_FAILED)
 
 
 # --------------------------------------------------------------------------- train
@@ -119,10 +98,10 @@ def train_command(features_dir, task, head_kind, out, resume, device, seed, **op
     epoch with the best Validation_Set metric."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .errors import AffstreamError
-    from .train.loop import train_head
+    from ..errors import AffstreamError
+    from ..train.loop import train_head
 
-    console = _console()
+    console = _ui.stderr_console()
     columns = (TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn())
     try:
@@ -142,9 +121,9 @@ def train_command(features_dir, task, head_kind, out, resume, device, seed, **op
             summary = train_head(features_dir, task=task, head=head_kind, out=out, seed=seed, device=device,
                                  resume=resume, progress=progress, **options)
     except AffstreamError as exc:
-        _fail(str(exc))
+        _ui.fail(str(exc))
     except KeyboardInterrupt:
-        _interrupted(console, "the last finished epoch is saved; add --resume to continue")
+        _ui.interrupted(console, "the last finished epoch is saved; add --resume to continue")
     console.print(f"{summary['out']}: best epoch {summary['best_epoch']} of {summary['epochs']}, "
                   f"{_metric_text(summary['metrics'])}", soft_wrap=True, markup=False)
 
@@ -161,14 +140,14 @@ def train_command(features_dir, task, head_kind, out, resume, device, seed, **op
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def evaluate_command(features_dir, head_path, split, tune_thresholds, tune_split, device) -> None:
     """Print the ABAW metrics of HEAD on a split as one JSON object on stdout."""
-    from .errors import AffstreamError
-    from .train.evaluate import evaluate_head
+    from ..errors import AffstreamError
+    from ..train.evaluate import evaluate_head
 
     try:
         result = evaluate_head(features_dir, head_path, split=split, tune_thresholds=tune_thresholds,
                                tune_split=tune_split, device=device)
     except AffstreamError as exc:
-        _fail(str(exc))
+        _ui.fail(str(exc))
     click.echo(json.dumps(result))
 
 
@@ -187,19 +166,19 @@ def evaluate_command(features_dir, head_path, split, tune_thresholds, tune_split
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def export_command(features_dir, head_path, out_dir, task, split, list_file, device) -> None:
     """Write ABAW submission files (every frame of every person; faceless frames filled)."""
-    from .errors import AffstreamError
-    from .train.export import export_abaw
+    from ..errors import AffstreamError
+    from ..train.export import export_abaw
 
-    console = _console()
+    console = _ui.stderr_console()
     try:
         people = None
         if list_file is not None:
-            from .train.affwild import read_video_list
+            from ..train.affwild import read_video_list
 
             people = read_video_list(list_file)
         summary = export_abaw(features_dir, head_path, out_dir, task=task, people=people, split=split, device=device)
     except AffstreamError as exc:
-        _fail(str(exc))
+        _ui.fail(str(exc))
     for path in summary["files"].values():
         console.print(f"{path}: {summary['frames']} frames of {summary['people']} people", soft_wrap=True, markup=False)
     console.print(f"{summary['filled']} frame(s) without a face filled from the nearest frame with one; "
@@ -209,9 +188,3 @@ def export_command(features_dir, head_path, out_dir, task, split, list_file, dev
         console.print(f"warning: {len(summary['n_frames_from_crops'])} person(s) exported up to their last crop only "
                       f"(no video when the bank was built): {', '.join(summary['n_frames_from_crops'])}",
                       soft_wrap=True, markup=False)
-
-
-def register(main: click.Group) -> None:
-    """Add the training commands to the ``affstream`` group."""
-    for command in (features_command, train_command, evaluate_command, export_command):
-        main.add_command(command)

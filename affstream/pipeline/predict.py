@@ -1,6 +1,6 @@
-"""From face features to output rows: run the head and emit rows in frame order.
+"""The head steps, shared by every schedule: face features -> head outputs -> rows.
 
-Two schedulers share the row-making code:
+Two predictors share the row-making code (:func:`empty_row`, :func:`face_row`):
 
 * :class:`FramePredictor` for per-frame heads (zero-shot text, MLP): a chunk's rows are
   ready as soon as its features are.
@@ -11,8 +11,8 @@ Two schedulers share the row-making code:
   :mod:`affstream.temporal.windows`). A frame's rows are emitted once every face in
   it has its stitched output, so memory stays bounded by about one window per track.
 
-Both yield exactly one :class:`FrameAnnotation` per face per frame, and one row with
-``face_id == -1`` for a frame without faces.
+Both yield exactly one :class:`~affstream.records.FrameAnnotation` per face per frame, and one row with
+``track_id == -1`` for a frame without faces.
 """
 
 from __future__ import annotations
@@ -23,19 +23,17 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .faces import FaceChunk
-from .heads.base import AffectHead, HeadOutputs, to_prediction
-from .runtime import StageTimes
-from .labels import TASK_WIDTHS, TASKS
-from .records import FrameAnnotation, FrameFaces, Prediction, TrackedFace
-
-WINDOW_BATCH = 32  # windows per head call for temporal heads
+from ..heads.base import AffectHead, HeadOutputs, to_prediction
+from ..labels import TASK_WIDTHS, TASKS
+from ..records import FaceChunk, FrameAnnotation, FrameFaces, Prediction, ReadyWindow, TrackedFace
+from ..runtime import StageTimes
+from ..temporal.buffer import TrackWindowBuffer, WindowStitcher, stack_windows
 
 
 
 def empty_row(frame: FrameFaces) -> FrameAnnotation:
     """The row written for a frame in which no face was found."""
-    return FrameAnnotation(frame=frame.index, time_s=frame.time_s, face_id=-1, confidence=0.0, success=False)
+    return FrameAnnotation(frame_index=frame.frame_index, time_s=frame.time_s, track_id=-1, confidence=0.0, success=False)
 
 
 def face_row(frame: FrameFaces, face: TrackedFace, pred: Prediction, i: int, thresholds: np.ndarray) -> FrameAnnotation:
@@ -43,9 +41,9 @@ def face_row(frame: FrameFaces, face: TrackedFace, pred: Prediction, i: int, thr
     expr = pred.expr_probs[i] if pred.expr_probs is not None else None
     au = pred.au_probs[i] if pred.au_probs is not None else None
     return FrameAnnotation(
-        frame=frame.index,
+        frame_index=frame.frame_index,
         time_s=frame.time_s,
-        face_id=face.track_id,
+        track_id=face.track_id,
         confidence=float(face.detection.score),
         success=True,
         box_xyxy=face.detection.box_xyxy,
@@ -103,9 +101,7 @@ class FramePredictor:
 class WindowPredictor:
     """Temporal (windowed) head scheduler; see the module docstring."""
 
-    def __init__(self, head: AffectHead, times: StageTimes, max_missed_frames: int) -> None:
-        from .temporal.buffer import TrackWindowBuffer, WindowStitcher
-
+    def __init__(self, head: AffectHead, times: StageTimes, max_missed_frames: int, window_batch: int) -> None:
         card = head.card
         self.head = head
         self.times = times
@@ -115,6 +111,7 @@ class WindowPredictor:
         self.buffer = TrackWindowBuffer(card.window_length, card.window_stride)
         self.stitcher = WindowStitcher(card.window_length, card.window_stride)
         self.max_missed = max_missed_frames
+        self.window_batch = window_batch
         self.last_seen: dict[int, int] = {}
         self.pending: deque[FrameFaces] = deque()
         self.scores: dict[tuple[int, int], np.ndarray] = {}
@@ -126,13 +123,13 @@ class WindowPredictor:
         i = 0
         for frame in chunk.frames:
             for face in frame.faces:
-                ready += self.buffer.push(face.track_id, frame.index, host[i])
-                self.last_seen[face.track_id] = frame.index
+                ready += self.buffer.push(face.track_id, frame.frame_index, host[i])
+                self.last_seen[face.track_id] = frame.frame_index
                 i += 1
         self.pending.extend(chunk.frames)
         self._stitch(ready)
         if chunk.frames:
-            self._retire_lost(chunk.frames[-1].index)
+            self._retire_lost(chunk.frames[-1].frame_index)
         yield from self._emit_ready()
 
     def close(self) -> Iterator[FrameAnnotation]:
@@ -150,16 +147,15 @@ class WindowPredictor:
             self._store(self.stitcher.finish(track_id))
             del self.last_seen[track_id]
 
-    def _stitch(self, windows: list) -> None:
-        for start in range(0, len(windows), WINDOW_BATCH):
-            batch = windows[start : start + WINDOW_BATCH]
+    def _stitch(self, windows: list[ReadyWindow]) -> None:
+        for start in range(0, len(windows), self.window_batch):
+            batch = windows[start : start + self.window_batch]
             scores = self._run_head(batch)
             for window, window_scores in zip(batch, scores):
                 self._store(self.stitcher.add(window, window_scores[: len(window.frame_index)]))
 
-    def _run_head(self, windows: list) -> np.ndarray:
-        from .temporal.buffer import stack_windows
-
+    def _run_head(self, windows: list[ReadyWindow]) -> np.ndarray:
+        """(B, w, C) packed raw scores of a batch of windows."""
         feats, mask = stack_windows(windows, self.length)
         with self.times.time("head"), torch.inference_mode():
             out = self.head(torch.from_numpy(feats).to(self.device), torch.from_numpy(mask).to(self.device))
@@ -172,7 +168,7 @@ class WindowPredictor:
     def _emit_ready(self) -> Iterator[FrameAnnotation]:
         while self.pending:
             frame = self.pending[0]
-            keys = [(frame.index, face.track_id) for face in frame.faces]
+            keys = [(frame.frame_index, face.track_id) for face in frame.faces]
             if any(k not in self.scores for k in keys):
                 return
             self.pending.popleft()
@@ -184,8 +180,13 @@ class WindowPredictor:
                 yield face_row(frame, face, pred, i, self.thresholds)
 
 
-def make_predictor(head: AffectHead, times: StageTimes, max_missed_frames: int):
-    """The scheduler matching the head's card (windowed or per-frame)."""
+def make_predictor(head: AffectHead, times: StageTimes, max_missed_frames: int,
+                   window_batch: int) -> FramePredictor | WindowPredictor:
+    """The predictor matching the head's card (windowed or per-frame).
+
+    max_missed_frames: frames after which a track's windows are closed (the tracker's
+    own retirement rule); window_batch: windows per head call.
+    """
     if head.card.windowed:
-        return WindowPredictor(head, times, max_missed_frames)
+        return WindowPredictor(head, times, max_missed_frames, window_batch)
     return FramePredictor(head, times)

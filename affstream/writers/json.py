@@ -1,11 +1,12 @@
-"""The per-video JSON report, written atomically.
+"""The per-video JSON report (``OUT/<stem>.json``), written atomically.
 
 The pipeline assembles the content (source metadata, configuration, backbone and head
-identity, counts, timings, the ``meaningful`` flag); this module only turns it into
-strict JSON: numpy scalars and arrays become plain numbers and lists, tuples become
-lists, paths become strings, dataclasses become objects, and NaN / infinity become
-``null`` (JSON has no such numbers). Keys keep their insertion order; indent 2; UTF-8;
-one trailing newline.
+identity, counts, timings, the ``meaningful`` flag), as a mapping or as an object with
+a ``to_dict()`` method (:class:`affstream.records.RunReport`); this module only turns
+it into strict JSON: an object with ``to_dict()`` becomes its dict, numpy scalars and
+arrays become plain numbers and lists, tuples become lists, paths become strings,
+other dataclasses become objects, and NaN / infinity become ``null`` (JSON has no
+such numbers). Keys keep their insertion order; indent 2; UTF-8; one trailing newline.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +39,9 @@ def to_jsonable(value: Any, where: str = "report") -> Any:
         return to_jsonable(value.tolist(), where)
     if isinstance(value, PurePath):
         return str(value)
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict) and not isinstance(value, type):
+        return to_jsonable(to_dict(), where)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return to_jsonable(dataclasses.asdict(value), where)
     if isinstance(value, Mapping):
@@ -56,12 +61,18 @@ def _key(key: Any, where: str) -> str:
     raise TypeError(f"{where}: dictionary key {key!r} is not a string or number")
 
 
-def dumps_report(report: Mapping[str, Any]) -> str:
-    """The report as strict JSON text (indent 2, insertion order, trailing newline)."""
+def dumps_json_report(report: Mapping[str, Any] | Any) -> str:
+    """The report (a mapping, or an object with ``to_dict()``) as strict JSON text.
+
+    Indent 2, insertion order, trailing newline. TypeError if ``report`` is neither
+    or holds a value with no JSON form (a pipeline bug).
+    """
     clean = to_jsonable(report)
+    if not isinstance(clean, dict):
+        raise TypeError(f"report: {type(report).__name__} is not a mapping and has no to_dict()")
     return json.dumps(clean, indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def write_report(path: str | Path, report: Mapping[str, Any]) -> None:
+def write_json_report(path: str | Path, report: Mapping[str, Any] | Any) -> None:
     """Write ``report`` to ``path`` as JSON, atomically (temporary file + fsync + rename)."""
-    atomic_write_text(path, dumps_report(report))
+    atomic_write_text(path, dumps_json_report(report))

@@ -1,0 +1,40 @@
+"""Command line: parsing, progress and error reporting only; the work is in the library.
+
+One module per command family (:mod:`.annotate`, :mod:`.train`), all sharing
+:mod:`._ui` (console, exit codes, progress, summary). Nothing heavy (torch, open_clip,
+av) is imported until a command runs, so ``affstream --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from . import _ui
+from .annotate import annotate_command
+from .train import evaluate_command, export_command, features_command, train_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="affstream")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """affstream: frame-exact facial affect analysis of video (valence/arousal,
+    8 expressions, 12 action units) from CLIP features."""
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = RichHandler(console=_ui.stderr_console(), show_path=False, show_time=False, markup=False)
+    logger = logging.getLogger("affstream")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+
+
+for _command in (annotate_command, features_command, train_command, evaluate_command, export_command):
+    main.add_command(_command)
+
+__all__ = ["main"]
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,91 @@
+"""``affstream annotate``: the CLI side of the offline pipeline (options, progress,
+messages, exit code); the work and the failure policy are in
+:func:`affstream.pipeline.offline.annotate_inputs`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from . import _ui
+
+
+class _Progress:
+    """An :class:`~affstream.pipeline.offline.InputObserver` drawing one bar per video."""
+
+    def __init__(self, console) -> None:
+        self.console = console
+        self.bar = None
+        self.task = None
+        self.start = 0.0
+
+    def loaded(self, stages) -> None:
+        if not stages.meaningful:
+            from ..pipeline.offline import MEANINGLESS_WARNING
+
+            _ui.warning(self.console, MEANINGLESS_WARNING)
+
+    def started(self, path: Path, info) -> None:
+        self.bar = _ui.frame_progress(self.console)
+        self.bar.start()
+        self.task = self.bar.add_task("annotate", total=info.frame_count, fps=0.0, name=path.name)
+        self.start = time.perf_counter()
+
+    def frame(self, path: Path, done: int) -> None:
+        if self.bar is not None and done % 8 == 0:
+            fps = done / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.update(self.task, completed=done, fps=fps)
+
+    def finished(self, result) -> None:
+        if self.bar is not None:
+            if result.ok:
+                counts = result.report.counts
+                self.bar.update(self.task, completed=counts.frames_written, total=counts.frames_written,
+                                fps=result.report.frames_per_s)
+            self.bar.stop()
+            self.bar = None
+        if not result.ok:
+            _ui.error(self.console, result.error)
+            return
+        counts = result.report.counts
+        if counts.decode_errors:
+            _ui.warning(self.console, f"{result.path}: {counts.decode_errors} undecodable packet(s) skipped; "
+                                      f"see {result.json_path.name}")
+        _ui.info(self.console, f"{result.path} -> {result.csv_path} ({counts.rows} rows, "
+                               f"{counts.frames_written} frames, {counts.tracks} face track(s))")
+
+
+@click.command("annotate")
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for <stem>.csv and <stem>.json.")
+@click.option("--pipeline", default="default", show_default=True, help="Preset name (default, smoke) or a pipeline .toml file.")
+@click.option("--backbone", default=None, help="CLIP backbone ARCH:TAG, ARCH:/path/to/weights or ARCH:random (overrides the preset).")
+@click.option("--head", default=None, help="'zeroshot' or the path of a trained head checkpoint (overrides the preset).")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the preset's, normally auto).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Faces per backbone batch.")
+def annotate_command(videos, out_dir, pipeline, backbone, head, device, batch_size) -> None:
+    """Annotate VIDEOS: one CSV row per face per frame, plus a JSON report per video."""
+    from ..api import resolve_config
+    from ..errors import AffstreamError
+    from ..pipeline.offline import annotate_inputs
+
+    console = _ui.stderr_console()
+    try:
+        config = resolve_config(pipeline, backbone=backbone, head=head, device=device, batch_size=batch_size)
+    except AffstreamError as exc:
+        _ui.fail(str(exc))
+    try:
+        results = annotate_inputs(list(videos), out_dir, config=config, observer=_Progress(console))
+    except AffstreamError as exc:  # outputs refused or models not loadable: nothing ran
+        _ui.fail(str(exc))
+    except KeyboardInterrupt:
+        _ui.interrupted(console, "no partial output was left under a final name")
+    failed = [r for r in results if not r.ok]
+    if len(results) > 1:
+        _ui.summary_table(console, [(r.path, r.status, r.error or str(r.csv_path)) for r in results])
+    if failed:
+        _ui.info(console, f"{len(failed)} of {len(results)} input(s) failed")
+        raise SystemExit(_ui.EXIT_INPUT_FAILED)

@@ -1,0 +1,385 @@
+"""The offline schedule: one file at a time, batched for throughput; many files with a
+failure policy.
+
+One file (:class:`AnnotationRun`):
+
+    source (opened once) -> prefetch thread (bounded queue, blocks when full)
+      -> batches of ``schedule.detect_batch(device)`` frames: upload, detect, track, align
+      -> crops pooled until ``embed.batch_size`` faces or ``schedule.embed_pool_frames``
+         frames wait, then one backbone call -> FaceChunk
+      -> predictor (per-frame head, or windows per track) -> rows in frame order
+
+Decoded images are dropped as soon as their crops are taken, so memory does not grow
+with video length. Many files (:func:`annotate_inputs`): outputs are checked before any
+model loads, missing inputs fail on their own, a failing input is reported and the
+others go on; the result is one :class:`~affstream.records.InputResult` per input.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import PipelineConfig, ScheduleConfig
+from ..errors import AffstreamError, ConfigError, SourceError
+from ..io.prefetch import prefetch
+from ..io.sources import VideoSource, open_source
+from ..records import (
+    INPUT_DONE,
+    INPUT_FAILED,
+    DecodeStats,
+    FaceChunk,
+    Frame,
+    FrameAnnotation,
+    FrameFaces,
+    InputResult,
+    RunCounts,
+    RunReport,
+    VideoInfo,
+)
+from ..runtime import StageTimes, release_free_memory
+from ..version import __version__
+from . import Stages
+from .faces import FaceSteps
+from .predict import make_predictor
+
+MEANINGLESS_WARNING = (
+    "SMOKE/TEST RUN: random model weights; the affect outputs are meaningless. "
+    "Use a pretrained backbone (e.g. the default pipeline) for real annotations."
+)
+
+
+# ------------------------------------------------------------------------- face chunks
+
+
+class _CropPool:
+    """Aligned crops and their frames, waiting for a full backbone batch."""
+
+    def __init__(self) -> None:
+        self.frames: list[FrameFaces] = []
+        self.crops: list[torch.Tensor] = []
+        self.n_faces = 0
+
+    def add(self, frames: list[FrameFaces], crops: torch.Tensor) -> None:
+        self.frames.extend(frames)
+        if crops.shape[0]:
+            self.crops.append(crops)
+        self.n_faces += int(crops.shape[0])
+
+    def take(self) -> tuple[list[FrameFaces], list[torch.Tensor]]:
+        frames, crops = self.frames, self.crops
+        self.frames, self.crops, self.n_faces = [], [], 0
+        return frames, crops
+
+
+def _batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    """Batches of up to ``size`` consecutive frames of one image size (a stream whose
+    resolution changes mid-way starts a new batch at the change)."""
+    batch: list[Frame] = []
+    for frame in frames:
+        if batch and frame.image.shape != batch[0].image.shape:
+            yield batch
+            batch = []
+        batch.append(frame)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def iter_face_chunks(steps: FaceSteps, frames: Iterable[Frame], schedule: ScheduleConfig) -> Iterator[FaceChunk]:
+    """FaceChunks covering every frame of ``frames`` exactly once, in order, batched as
+    the offline schedule says. A fresh tracker is used: track ids start at 0."""
+    tracker = steps.new_tracker()
+    pool = _CropPool()
+    batch_faces = max(1, steps.stages.config.embed.batch_size)
+    for batch in _batches(frames, schedule.detect_batch(steps.device.type)):
+        pixels = steps.upload(batch)  # one upload serves detection and alignment
+        tracked = steps.detect_and_track(batch, pixels, tracker)
+        crops = steps.align(pixels, tracked)
+        del batch, pixels  # the decoded images are no longer needed
+        release_free_memory()
+        pool.add(tracked, crops)
+        # faceless stretches must not wait for a full backbone batch: rows flow and
+        # memory stays bounded whatever the video holds
+        if pool.n_faces >= batch_faces or len(pool.frames) >= schedule.embed_pool_frames:
+            yield steps.embed(*pool.take())
+    if pool.frames:
+        yield steps.embed(*pool.take())
+
+
+def _timed(frames: Iterable[Frame], times: StageTimes) -> Iterator[Frame]:
+    """Charge the time spent producing each frame to the 'decode' stage."""
+    iterator = iter(frames)
+    while True:
+        start = time.perf_counter()
+        try:
+            frame = next(iterator)
+        except StopIteration:
+            return
+        times.add("decode", time.perf_counter() - start)
+        yield frame
+
+
+def _prefetched(source: VideoSource, config: PipelineConfig, times: StageTimes | None = None) -> Iterator[Frame]:
+    frames: Iterable[Frame] = source.frames()
+    if times is not None:
+        frames = _timed(frames, times)
+    return prefetch(frames, maxsize=config.schedule.queue_frames)
+
+
+# ---------------------------------------------------------------------------- one file
+
+
+class AnnotationRun:
+    """One video being annotated. Iterate it (once) for its rows.
+
+    The source is opened once, when the run is created, so an unreadable file fails
+    here with a SourceError and ``info`` is known before the first row. ``stats``,
+    ``times`` and ``counts`` fill in while iterating; :meth:`report` gives the JSON report.
+    """
+
+    def __init__(self, source: str | Path, stages: Stages, *, on_frame: Callable[[int], None] | None = None) -> None:
+        self.path = Path(source)
+        self.stages = stages
+        self.stats = DecodeStats()
+        self._source = open_source(self.path, threads=stages.config.decode.threads, stats=self.stats)
+        self.info: VideoInfo = self._source.info
+        self.times = StageTimes(stages.device)
+        self.on_frame = on_frame
+        self.counts = RunCounts()
+        self.track_ids: set[int] = set()
+        self.wall_s = 0.0
+        self._started = False
+
+    def __iter__(self) -> Iterator[FrameAnnotation]:
+        if self._started:
+            raise RuntimeError("an AnnotationRun can be iterated only once")
+        self._started = True
+        start = time.perf_counter()
+        try:
+            yield from self._rows()
+        finally:
+            self.wall_s = time.perf_counter() - start
+            self._source.close()
+        if self.counts.frames_written == 0:
+            detail = f" ({self.stats.error_messages[0]})" if self.stats.error_messages else ""
+            raise SourceError(f"{self.path}: no decodable video frames{detail}; check the file is a complete video")
+
+    def close(self) -> None:
+        """Release the source without iterating (idempotent)."""
+        self._source.close()
+
+    def _rows(self) -> Iterator[FrameAnnotation]:
+        config = self.stages.config
+        steps = FaceSteps(self.stages, self.times)
+        predictor = make_predictor(self.stages.head, self.times, config.track.max_missed_frames,
+                                   config.schedule.window_batch)
+        frames = _prefetched(self._source, config, self.times)
+        try:
+            for chunk in iter_face_chunks(steps, frames, config.schedule):
+                yield from self._count(predictor.feed(chunk))
+            yield from self._count(predictor.close())
+        finally:
+            frames.close()  # stops and joins the decode thread before the source closes
+
+    def _count(self, rows: Iterable[FrameAnnotation]) -> Iterator[FrameAnnotation]:
+        counts = self.counts
+        last_frame = None
+        for row in rows:
+            counts.rows += 1
+            if row.success:
+                self.track_ids.add(row.track_id)
+            if row.frame_index != last_frame:
+                last_frame = row.frame_index
+                counts.frames_written += 1
+                counts.frames_with_faces += int(row.success)
+                if self.on_frame is not None:
+                    self.on_frame(counts.frames_written)
+            yield row
+
+    def report(self, outputs: dict[str, str] | None = None) -> RunReport:
+        """The run's report: source, configuration, models, counts, timings."""
+        stages = self.stages
+        card = stages.head.card
+        meaningful = stages.meaningful
+        counts = self.counts
+        counts.frames_decoded = self.stats.frames
+        counts.tracks = len(self.track_ids)
+        counts.decode_errors = self.stats.errors
+        counts.frames_without_pts = self.stats.missing_pts
+        counts.decode_error_messages = list(self.stats.error_messages)
+        return RunReport(
+            affstream_version=__version__,
+            meaningful=meaningful,
+            warning=None if meaningful else MEANINGLESS_WARNING,
+            source=self.info,
+            outputs=dict(outputs or {}),
+            config=stages.config.to_dict(),
+            device=str(stages.device),
+            backbone=stages.backbone.identity(),
+            head={
+                **stages.head_identity,
+                "tasks": list(card.tasks),
+                "window_length": card.window_length,
+                "window_stride": card.window_stride,
+                "causal": card.causal,
+                "meaningful": card.meaningful,
+                "au_thresholds": list(card.au_thresholds),
+            },
+            counts=counts,
+            wall_s=self.wall_s,
+            frames_per_s=counts.frames_written / max(self.wall_s, 1e-9),
+            stage_times=self.times.to_dict(),
+        )
+
+
+def output_paths(source: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """``OUT/<stem>.csv`` and ``OUT/<stem>.json`` for ``source``."""
+    stem = Path(source).stem
+    out = Path(out_dir)
+    return out / f"{stem}.csv", out / f"{stem}.json"
+
+
+def check_outputs(sources: Sequence[str | Path], out_dir: str | Path) -> None:
+    """Fail early (ConfigError) if ``out_dir`` cannot be created or two sources would
+    write the same output files."""
+    seen: dict[Path, str] = {}
+    for source in sources:
+        csv_path, _ = output_paths(source, out_dir)
+        if csv_path in seen:
+            raise ConfigError(
+                f"{source} and {seen[csv_path]} would both write {csv_path.name}; "
+                "annotate them into different output directories or rename one"
+            )
+        seen[csv_path] = str(source)
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{out_dir}: cannot create the output directory ({exc.strerror or exc})") from None
+
+
+def write_run(run: AnnotationRun, out_dir: str | Path) -> InputResult:
+    """Iterate ``run`` into its CSV (streamed) and JSON report, both atomically."""
+    from ..writers import get_writer
+    from ..writers.json import write_json_report
+
+    csv_path, json_path = output_paths(run.path, out_dir)
+    check_outputs([run.path], out_dir)
+    start = time.perf_counter()
+    # The CSV is committed last, after the report: an interruption anywhere before
+    # leaves neither file (or only a previous run's) under the final names.
+    with get_writer("csv", csv_path) as writer:
+        for row in run:
+            writer.write(row)
+        report = run.report({"csv": csv_path.name, "json": json_path.name})
+        write_json_report(json_path, report)
+    outputs = {"csv": str(csv_path), "json": str(json_path)}
+    return InputResult(str(run.path), INPUT_DONE, outputs=outputs, report=report,
+                       seconds=time.perf_counter() - start)
+
+
+# -------------------------------------------------------------------------- many files
+
+
+class InputObserver:
+    """Hooks a caller (the CLI's progress display) gets from :func:`annotate_inputs`.
+    Every method does nothing by default; they are called on the caller's thread."""
+
+    def loaded(self, stages: Stages) -> None:
+        """The models are loaded (once, before the first readable input)."""
+
+    def started(self, path: Path, info: VideoInfo) -> None:
+        """An input was opened; ``info.frame_count`` is its declared length (or None)."""
+
+    def frame(self, path: Path, done: int) -> None:
+        """``done`` frames of the current input have their rows."""
+
+    def finished(self, result: InputResult) -> None:
+        """An input is done or failed (also called for inputs refused before loading)."""
+
+
+def preflight(inputs: Sequence[str | Path]) -> list[InputResult | None]:
+    """Cheap checks before any model is loaded: a missing input or a folder fails on
+    its own. Returns, per input, a failed InputResult or None (looks readable)."""
+    checked: list[InputResult | None] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_file():
+            checked.append(None)
+            continue
+        problem = "is a directory; give video files" if path.is_dir() else "no such file"
+        checked.append(InputResult(str(path), INPUT_FAILED, error=f"{path}: {problem}"))
+    return checked
+
+
+def annotate_one(path: str | Path, out_dir: str | Path, stages: Stages,
+                 observer: InputObserver | None = None) -> InputResult:
+    """Annotate one input into ``out_dir``; a user-facing failure (AffstreamError)
+    becomes a failed result with its one-line message. KeyboardInterrupt propagates
+    (nothing partial is left under a final name)."""
+    observer = observer or InputObserver()
+    path = Path(path)
+    start = time.perf_counter()
+    try:
+        run = AnnotationRun(path, stages, on_frame=lambda done: observer.frame(path, done))
+        observer.started(path, run.info)
+        result = write_run(run, out_dir)
+    except AffstreamError as exc:
+        result = InputResult(str(path), INPUT_FAILED, error=str(exc), seconds=time.perf_counter() - start)
+    observer.finished(result)
+    return result
+
+
+def annotate_inputs(inputs: Sequence[str | Path], out_dir: str | Path, *, config: PipelineConfig | None = None,
+                    stages: Stages | None = None, observer: InputObserver | None = None) -> list[InputResult]:
+    """Annotate every input into ``out_dir`` (``<stem>.csv`` + ``<stem>.json`` each).
+
+    The failure policy: output names are checked first (ConfigError: two inputs with
+    one stem, an output folder that cannot be made); missing inputs fail on their own
+    before any model loads; models are loaded once (from ``config``, unless ``stages``
+    are given; a model that cannot be loaded raises); then each input runs, and one
+    that fails is reported and the others go on. Returns one result per input, in
+    input order. Ctrl-C (KeyboardInterrupt) propagates.
+    """
+    if (config is None) == (stages is None):
+        raise ValueError("annotate_inputs(): give exactly one of config= or stages=")
+    observer = observer or InputObserver()
+    check_outputs(list(inputs), out_dir)
+    results = preflight(inputs)
+    for result in results:
+        if result is not None:
+            observer.finished(result)
+    if any(r is None for r in results) and stages is None:
+        from . import load_stages  # looked up at call time (tests may replace it)
+
+        stages = load_stages(config)
+    if stages is not None and any(r is None for r in results):
+        observer.loaded(stages)
+    for k, item in enumerate(inputs):
+        if results[k] is None:
+            results[k] = annotate_one(item, out_dir, stages, observer)
+    return [r for r in results if r is not None]
+
+
+# ---------------------------------------------------------------------- features only
+
+
+def iter_face_features(video: str | Path, stages: Stages, *,
+                       stats: DecodeStats | None = None) -> Iterator[tuple[FrameFaces, np.ndarray]]:
+    """Per decoded frame (in order): its tracked faces and their (n_faces, D) float32
+    features. ``stages`` may have been loaded without a head."""
+    config = stages.config
+    source = open_source(video, threads=config.decode.threads, stats=stats)
+    frames = _prefetched(source, config)
+    try:
+        for chunk in iter_face_chunks(FaceSteps(stages), frames, config.schedule):
+            yield from zip(chunk.frames, chunk.per_frame_features())
+    finally:
+        frames.close()  # stops and joins the decode thread first
+        source.close()
