@@ -33,8 +33,9 @@ import logging
 import os
 import secrets
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from .errors import ConfigError, OutputError
 
@@ -220,7 +221,8 @@ class AtomicFile:
         self.path = Path(path)
         self.temp_path, fd = _create_temp(self.path)
         try:
-            self.handle: IO[str] = open(fd, "w", encoding=encoding, newline=newline)
+            # the handle outlives this call (commit/discard close it): no context manager
+            self.handle: IO[str] = open(fd, "w", encoding=encoding, newline=newline)  # noqa: SIM115
         except BaseException:
             os.close(fd)
             _remove_quietly(self.temp_path)

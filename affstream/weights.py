@@ -21,8 +21,8 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import WeightsError
 from .files import sha256_file, sha256_file_cached, shipped_dir
@@ -93,7 +93,7 @@ def cached_checkpoint(cfg: dict) -> str | None:
     try:
         with hf_offline(), open_clip_logs():
             path = download_pretrained(cfg)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any lookup failure means: not in the cache
         return None
     return path or None
 

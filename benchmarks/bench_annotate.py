@@ -79,7 +79,8 @@ def main() -> None:
         return
     print(f"machine: {platform.machine()} {platform.processor() or ''}, python {platform.python_version()}")
     stages = ("decode", "detect", "track", "align", "embed", "head")
-    print("| clip | backbone | device | frames | rows | wall s | frames/s | " + " | ".join(f"{s} s" for s in stages) + " | peak RSS MiB | peak GPU MiB |")
+    stage_cells = " | ".join(f"{s} s" for s in stages)
+    print(f"| clip | backbone | device | frames | rows | wall s | frames/s | {stage_cells} | peak RSS MiB | peak GPU MiB |")
     print("|" + "---|" * (10 + len(stages)))
     for clip in args.clips:
         r = run_one(clip, args)
@@ -89,8 +90,10 @@ def main() -> None:
         st = r["timings"]["stages"]
         cells = [f"{st.get(s, {}).get('seconds', 0.0):.2f}" for s in stages]
         gpu = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}"
-        print(f"| {clip.split('/')[-1]} | {r['backbone']} | {r['device']} | {r['counts']['frames_written']} | {r['counts']['rows']} | "
-              f"{r['timings']['wall_s']:.2f} | {r['timings']['frames_per_s']:.1f} | " + " | ".join(cells) + f" | {r['peak_rss_mib']:.0f} | {gpu} |")
+        counts, timings = r["counts"], r["timings"]
+        print(f"| {clip.split('/')[-1]} | {r['backbone']} | {r['device']} | {counts['frames_written']} | {counts['rows']} | "
+              f"{timings['wall_s']:.2f} | {timings['frames_per_s']:.1f} | " + " | ".join(cells)
+              + f" | {r['peak_rss_mib']:.0f} | {gpu} |")
 
 
 def compare(args: argparse.Namespace) -> None:

@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import torch
 
-from affstream.runtime import resolve_device
 from affstream.heads.mlp import MLPHead
+from affstream.runtime import resolve_device
 from affstream.train.losses import cvar, cvar_host_search, expr_loss
 from affstream.train.sam import SAM, sam_step
 
@@ -53,7 +53,7 @@ def _make_step(setting: str, args: argparse.Namespace, device: torch.device) -> 
 
     if setting in ("a", "b"):
         opt = torch.optim.Adam(head.parameters(), lr=1e-3)
-        reducer = (lambda l: l.mean()) if setting == "a" else (lambda l: cvar(l, args.alpha))
+        reducer = (lambda losses: losses.mean()) if setting == "a" else (lambda losses: cvar(losses, args.alpha))
         loss_fn = loss_with(reducer)
 
         def step() -> None:
@@ -64,7 +64,8 @@ def _make_step(setting: str, args: argparse.Namespace, device: torch.device) -> 
         return step
     sam = SAM(head.parameters(), torch.optim.Adam, rho=0.05, lr=1e-3)
     exact = setting == "c"
-    loss_fn = loss_with((lambda l: cvar(l, args.alpha)) if exact else (lambda l: cvar_host_search(l, args.alpha)))
+    loss_fn = loss_with((lambda losses: cvar(losses, args.alpha)) if exact
+                        else (lambda losses: cvar_host_search(losses, args.alpha)))
 
     def sam_update() -> None:
         sam_step(head, loss_fn, sam)

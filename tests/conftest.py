@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import media
+import pytest
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 

@@ -194,7 +194,7 @@ def make_feature_bank(
                               n_frames=n, **{t: (labels[t] if t in tasks else None) for t in TASK_DIRS})
         writer.add(person, feats.astype(np.float32), present)
     truth = {"seed": seed, "dim": dim, "noise": noise, "identity": identity,
-             "class_prior": dict(zip(EXPR_LABELS, prior.tolist())), "au_rules": AU_RULES,
+             "class_prior": dict(zip(EXPR_LABELS, prior.tolist(), strict=True)), "au_rules": AU_RULES,
              "au_rule_p": AU_RULE_P, "au_base_p": AU_BASE_P, "va_centres": VA_CENTRES,
              "prototypes": protos.tolist(), "au_directions": au_dirs.tolist(),
              "va_directions": va_dirs.tolist()}

@@ -7,13 +7,14 @@ import shutil
 
 import numpy as np
 import pytest
+from synth_affwild import annotation_text, corrupt_annotation, make_affwild_root, read_manifest
 
 from affstream.errors import ConfigError, DataError
 from affstream.train.affwild import (
     SPLITS,
-    _parse_lines,
     TASK_DIRS,
     PersonLabels,
+    _parse_lines,
     check_length,
     read_annotation_file,
     read_video_list,
@@ -21,7 +22,6 @@ from affstream.train.affwild import (
     side_of,
     video_of,
 )
-from synth_affwild import annotation_text, corrupt_annotation, make_affwild_root, read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -182,11 +182,11 @@ def test_task_file_short_beyond_the_tolerance_is_an_error(root):
 
 def test_person_in_two_splits_is_an_error(root):
     source = _file(root, "vid01", "va")
-    other = [s for s in SPLITS if s not in str(source)][0]
+    other = next(s for s in SPLITS if s not in str(source))
     target = root / TASK_DIRS["va"] / other / "vid01.txt"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(source, target)
-    with pytest.raises(DataError, match="'vid01' is in .* but also in .*one split only"):
+    with pytest.raises(DataError, match=r"'vid01' is in .* but also in .*one split only"):
         scan_affwild(root)
 
 

@@ -54,10 +54,10 @@ def test_similarity_recovers_known_transforms():
     src = torch.stack([apply(m, template) for m in knowns])
     fitted = similarity_transforms(src, template)
     assert fitted.shape == (3, 2, 3)
-    for matrix, points in zip(fitted, src):
+    for matrix, points in zip(fitted, src, strict=True):
         assert torch.allclose(apply(matrix, points), template, atol=1e-3)
     # The fit is the inverse of the known map: composing them gives the identity.
-    for matrix, known in zip(fitted, knowns):
+    for matrix, known in zip(fitted, knowns, strict=True):
         composed = matrix[:, :2] @ known[:, :2]
         assert torch.allclose(composed, torch.eye(2), atol=1e-5)
 
@@ -176,7 +176,7 @@ def test_real_face_geometry():
 
 def test_rotated_face_gives_the_same_crop():
     image = load_single_face()
-    height, width = image.shape[1:]
+    _height, width = image.shape[1:]
     landmarks = torch.tensor([SINGLE_FACE_LANDMARKS], dtype=torch.float32)
     # torch.rot90 over (H, W) by +1 turns the picture 90 degrees counter-clockwise:
     # pixel (x, y) moves to (y, W - 1 - x).

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from synth_affwild import AU_RULES, make_feature_bank, read_truth
 
 from affstream.errors import DataError
 from affstream.labels import AU_LABELS, EXPR_LABELS
 from affstream.train.affwild import PersonLabels
 from affstream.train.bank import BankWriter, FeatureBank, person_files
-from synth_affwild import AU_RULES, make_feature_bank, read_truth
 
 DIM = 8
 

@@ -26,7 +26,8 @@ def one_line_error(result, name: str) -> str:
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from affstream.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules, 'av' in sys.modules)"
+    code = ("import sys; from affstream.cli import main\ntry:\n main(['--help'])\nexcept SystemExit: pass\n"
+            "print('torch' in sys.modules, 'av' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False False"
 
@@ -36,7 +37,7 @@ def test_smoke_annotate_writes_csv_and_json(single_face_mp4, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""  # stdout stays clean
     assert "meaningless" in result.stderr
-    rows = list(csv.reader(open(tmp_path / "single_face.csv", newline="")))
+    rows = list(csv.reader((tmp_path / "single_face.csv").read_text().splitlines()))
     assert len(rows) == 1 + 72
     report = json.loads((tmp_path / "single_face.json").read_text())
     assert report["meaningful"] is False
@@ -71,12 +72,13 @@ def test_truncated_clip_is_annotated_and_errors_counted(truncated_clip, tmp_path
     assert result.exit_code == 0, result.stderr
     report = json.loads((tmp_path / f"{truncated_clip.stem}.json").read_text())
     assert report["counts"]["decode_errors"] > 0
-    rows = list(csv.reader(open(tmp_path / f"{truncated_clip.stem}.csv", newline="")))
+    rows = list(csv.reader((tmp_path / f"{truncated_clip.stem}.csv").read_text().splitlines()))
     assert len(rows) - 1 == report["counts"]["frames_decoded"] > 0
 
 
 def test_one_bad_file_does_not_stop_the_others(single_face_jpg, zero_byte_file, tmp_path):
-    result = run_cli("annotate", str(zero_byte_file), str(single_face_jpg), "-o", str(tmp_path), "--pipeline", "smoke", "--device", "cpu")
+    result = run_cli("annotate", str(zero_byte_file), str(single_face_jpg), "-o", str(tmp_path),
+                     "--pipeline", "smoke", "--device", "cpu")
     assert result.exit_code == 1
     one_line_error(result, zero_byte_file.name)
     assert (tmp_path / "single_face.csv").is_file() and (tmp_path / "single_face.json").is_file()
@@ -87,7 +89,8 @@ def test_bad_configuration_exits_2(single_face_jpg, tmp_path):
     result = run_cli("annotate", str(single_face_jpg), "-o", str(tmp_path), "--pipeline", "nonexistent")
     assert result.exit_code == 2
     one_line_error(result, "nonexistent")
-    result = run_cli("annotate", str(single_face_jpg), "-o", str(tmp_path), "--pipeline", "smoke", "--backbone", "NoSuchArch:random")
+    result = run_cli("annotate", str(single_face_jpg), "-o", str(tmp_path), "--pipeline", "smoke",
+                     "--backbone", "NoSuchArch:random")
     assert result.exit_code == 2
     one_line_error(result, "NoSuchArch")
 

@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from synth_affwild import make_affwild_root, make_feature_bank, read_manifest
 
 from affstream.cli import main
 from affstream.heads.base import read_card, save_head
 from affstream.heads.mlp import MLPHead
 from affstream.train.bank import FeatureBank
-from synth_affwild import make_affwild_root, make_feature_bank, read_manifest
-
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -26,7 +26,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def assert_same_faces(boxes_a, boxes_b, marks_a=None, marks_b=None, tol_px=0.1):
     """The detector runs its convolutions without TF32, so CUDA and CPU agree to a small
     fraction of a pixel (measured: <= 0.012 px; with TF32 it was up to 2 px)."""
-    for k, (a, b) in enumerate(zip(boxes_a, boxes_b)):
+    for k, (a, b) in enumerate(zip(boxes_a, boxes_b, strict=True)):
         assert iou(a, b) >= 0.99, (k, a, b)
         assert np.abs(a - b).max() <= tol_px, (k, a, b)
         if marks_a is not None:
@@ -49,11 +49,11 @@ def test_mtcnn_cuda_matches_cpu(single_face_mp4, multi_face_jpg):
     cpu, gpu = MTCNNDetector(cfg, "cpu"), MTCNNDetector(cfg, "cuda")
     batches = [frames_of(single_face_mp4), [np.asarray(Image.open(multi_face_jpg).convert("RGB"))]]
     for images in batches:
-        for a, b in zip(cpu.detect(images), gpu.detect(images)):
+        for a, b in zip(cpu.detect(images), gpu.detect(images), strict=True):
             assert len(a) == len(b)
             assert_same_faces([d.box_xyxy for d in a], [d.box_xyxy for d in b],
                               [d.landmarks for d in a], [d.landmarks for d in b])
-            assert max(abs(da.score - db.score) for da, db in zip(a, b)) < 1e-4
+            assert max(abs(da.score - db.score) for da, db in zip(a, b, strict=True)) < 1e-4
 
 
 def test_backbone_autocast_close_to_fp32():

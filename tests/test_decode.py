@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import media
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-import media
 from affstream.errors import ConfigError, SourceError
 from affstream.io import decode, iter_frames, probe
 from affstream.records import DecodeStats, Frame
@@ -110,7 +110,7 @@ def test_threads_setting_gives_identical_frames(cfr_clip):
     multi, _ = decode_all(cfr_clip, threads=3)
     assert len(single) == len(multi) == 30
     assert all(np.array_equal(a.image, b.image) and a.time_s == b.time_s
-               for a, b in zip(single, multi))
+               for a, b in zip(single, multi, strict=True))
 
 
 def test_negative_threads_is_a_config_error(cfr_clip):
@@ -243,7 +243,7 @@ def test_bad_inputs_raise_source_error_naming_the_file(tmp_path, request, kind):
 def test_ansi_text_file_is_rejected(tmp_path):
     path = tmp_path / "banner.ans"  # FFmpeg's tty demuxer would render it as video
     path.write_text("hello\n", encoding="utf-8")
-    with pytest.raises(SourceError, match="banner.ans: is a text file"):
+    with pytest.raises(SourceError, match=r"banner\.ans: is a text file"):
         probe(path)
 
 

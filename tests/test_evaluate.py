@@ -8,18 +8,18 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from synth_affwild import make_feature_bank
 
-from affstream.train import metrics
 from affstream.errors import ConfigError, DataError
 from affstream.heads.base import read_card, save_head
 from affstream.heads.mlp import MLPHead
 from affstream.heads.temporal import TemporalHead
 from affstream.labels import AU_LABELS, EXPR_LABELS
+from affstream.train import metrics
 from affstream.train.affwild import PersonLabels, unannotated
 from affstream.train.bank import BankWriter, FeatureBank
 from affstream.train.evaluate import evaluate_head
 from affstream.train.export import EXPORT_FILES, export_abaw, nearest_present
-from synth_affwild import make_feature_bank
 
 TASKS = ("expr", "au", "va")
 
@@ -223,7 +223,7 @@ def test_tune_thresholds_rewrites_the_card(bank, bank_path, mlp_path, tmp_path):
     assert list(tuned["au_thresholds"].values()) == pytest.approx(list(card.au_thresholds))
     assert card.au_thresholds != (0.5,) * 12
     assert tuned["au_f1"] >= plain["au_f1"]
-    assert all(t >= p - 1e-12 for t, p in zip(tuned["au_f1_per_au"].values(), plain["au_f1_per_au"].values()))
+    assert all(t >= p - 1e-12 for t, p in zip(tuned["au_f1_per_au"].values(), plain["au_f1_per_au"].values(), strict=True))
     assert (tmp_path / "h.safetensors").read_bytes() == weights_before
     assert not list(tmp_path.glob("*.tmp*"))
     # A later evaluation uses the stored thresholds.
@@ -239,7 +239,7 @@ def test_evaluate_rejects_a_bank_of_another_backbone(bank, bank_path, tmp_path):
     wide = _save(MLPHead(24, ("expr",), width=8, backbone=bank.backbone), tmp_path / "wide")
     with pytest.raises(ConfigError, match="24-d"):
         evaluate_head(bank_path, wide, device="cpu")
-    with pytest.raises(DataError, match="index.json"):
+    with pytest.raises(DataError, match=r"index\.json"):
         evaluate_head(tmp_path / "nowhere", path, device="cpu")
     with pytest.raises(DataError, match="Test_Set"):
         evaluate_head(bank_path, _save(MLPHead(16, ("expr",), width=8, backbone=bank.backbone), tmp_path / "e"),
@@ -309,7 +309,7 @@ def test_export_people_list_single_task_and_a_faceless_person(bank, bank_path, m
     ghost = PersonLabels(name="ghost", video="ghost", split="Validation_Set", n_frames=7,
                          expr=unannotated("expr", 7), au=None, va=None)
     writer.add(ghost, np.zeros((7, 16), np.float32), np.zeros(7, bool))
-    pair = [n for n in bank.people if n.endswith("_left")][0][: -len("_left")]
+    pair = next(n for n in bank.people if n.endswith("_left"))[: -len("_left")]
     people = [bank.split("Train_Set")[0], "ghost", pair]
     summary = export_abaw(work, mlp_path, tmp_path / "out", task="expr", people=people, device="cpu")
     assert list(summary["files"]) == ["expr"] and [p.name for p in (tmp_path / "out").iterdir()] == ["EXPR.txt"]
@@ -330,8 +330,8 @@ def test_export_people_list_single_task_and_a_faceless_person(bank, bank_path, m
 
 
 def test_tune_thresholds_defaults_to_the_training_split(bank, bank_path, mlp_path, tmp_path):
-    from affstream.train import metrics as m
     from affstream.heads.base import load_head_checkpoint
+    from affstream.train import metrics as m
     from affstream.train.evaluate import pool, predict_people
 
     shutil.copy(str(mlp_path) + ".safetensors", tmp_path / "h.safetensors")

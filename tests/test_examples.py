@@ -34,6 +34,7 @@ def test_annotate_video_example(tmp_path):
 
 def test_train_head_on_bank_example(tmp_path):
     bank = make_feature_bank(tmp_path / "bank", n_people=6, frames=(60, 120), dim=16)
-    out = run("train_head_on_bank.py", str(bank), "--task", "expr", "--epochs", "2", "--out", str(tmp_path / "h"), tmp_path=tmp_path)
+    out = run("train_head_on_bank.py", str(bank), "--task", "expr", "--epochs", "2", "--out", str(tmp_path / "h"),
+              tmp_path=tmp_path)
     assert '"expr_f1"' in out
     assert (tmp_path / "h.safetensors").is_file() and (tmp_path / "h.json").is_file()

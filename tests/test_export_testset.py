@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from media import write_cfr_clip
+from synth_affwild import DATA, make_affwild_root, read_manifest, write_test_crops
 
 from affstream.cli import main
 from affstream.errors import DataError, SourceError
@@ -21,9 +23,6 @@ from affstream.records import DecodeStats, Detection, FrameFaces, TrackedFace
 from affstream.train.bank import FeatureBank
 from affstream.train.export import EXPORT_FILES, export_abaw
 from affstream.train.features import build_feature_bank, count_video_frames
-from media import write_cfr_clip
-from synth_affwild import DATA, make_affwild_root, read_manifest, write_test_crops
-
 
 TINY = "affstream-tiny:random"
 TASKS = ("expr", "au", "va")
@@ -142,7 +141,7 @@ def test_frame_count_is_the_decoded_count(root, tmp_path):
         decoded = sum(1 for _ in iter_frames(path, stats=stats))
         assert count_video_frames(path) == decoded and decoded in (14, 72)
     (tmp_path / "notes.mp4").write_text("not a video\n")
-    with pytest.raises(SourceError, match="notes.mp4"):
+    with pytest.raises(SourceError, match=r"notes\.mp4"):
         count_video_frames(tmp_path / "notes.mp4")
 
 

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from synth_affwild import make_affwild_root, read_manifest
 
 from affstream.errors import ConfigError, DataError
 from affstream.records import Detection, FrameFaces, TrackedFace
@@ -14,7 +15,6 @@ from affstream.train.affwild import scan_affwild
 from affstream.train.bank import BankWriter, FeatureBank
 from affstream.train.features import build_feature_bank, find_crop_dir
 from affstream.train.person_tracks import TrackBoxes, choose_tracks
-from synth_affwild import make_affwild_root, read_manifest
 
 TINY = "affstream-tiny:random"
 FRAMES = 24

@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from two_faces import make_two_face_clip
 
 import affstream
 from affstream.api import resolve_config
 from affstream.heads.base import load_head_checkpoint, save_head
 from affstream.pipeline import load_stages
-
-from two_faces import make_two_face_clip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,7 +113,7 @@ def _assert_close(actual, expected, where: str) -> None:
         if expected and all(isinstance(v, float) for v in expected):
             np.testing.assert_allclose(actual, expected, atol=ATOL, rtol=0, err_msg=where)
         else:
-            for i, (a, e) in enumerate(zip(actual, expected)):
+            for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
                 _assert_close(a, e, f"{where}[{i}]")
     elif isinstance(expected, float):
         assert isinstance(actual, (int, float)) and abs(actual - expected) <= ATOL, f"{where}: {actual} != {expected}"

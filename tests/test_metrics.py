@@ -19,7 +19,7 @@ from affstream.train.metrics import (
 
 def _ref_f1(truth: list[bool], pred: list[bool]) -> float:
     tp = fp = fn = 0
-    for t, p in zip(truth, pred):
+    for t, p in zip(truth, pred, strict=True):
         if t and p:
             tp += 1
         elif p:
@@ -37,7 +37,7 @@ def _ref_ccc(x, y) -> float:
     mx, my = sum(x) / n, sum(y) / n
     vx = sum((a - mx) ** 2 for a in x) / n
     vy = sum((b - my) ** 2 for b in y) / n
-    cov = sum((a - mx) * (b - my) for a, b in zip(x, y)) / n
+    cov = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / n
     return 2 * cov / (vx + vy + (mx - my) ** 2)
 
 

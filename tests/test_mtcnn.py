@@ -129,7 +129,7 @@ def test_min_score_filters(single_face_frames):
 def test_batch_equals_one_at_a_time(detector, single_face_frames):
     frames = [single_face_frames[i] for i in (0, 24, 48, 66)] + [read_frames("WolfgangLanger_Pexels.mp4", 1, 1)[0]]
     batched = detector.detect(frames)
-    for frame, dets in zip(frames, batched):
+    for frame, dets in zip(frames, batched, strict=True):
         (alone,) = detector.detect([frame])
         assert len(alone) == len(dets) == 1
         np.testing.assert_allclose(alone[0].box_xyxy, dets[0].box_xyxy, atol=1e-3)
@@ -264,13 +264,13 @@ def test_corrupt_weight_file_raises_weights_error(weights_copy):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(WeightsError, match="rnet.safetensors"):
+    with pytest.raises(WeightsError, match=r"rnet\.safetensors"):
         MTCNNDetector(DetectConfig(), weights_dir=weights_copy)
 
 
 def test_missing_weight_file_raises_weights_error(weights_copy):
     (weights_copy / "mtcnn" / "onet.safetensors").unlink()
-    with pytest.raises(WeightsError, match="onet.safetensors"):
+    with pytest.raises(WeightsError, match=r"onet\.safetensors"):
         MTCNNDetector(DetectConfig(), weights_dir=weights_copy)
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from media import VFR_PTS_MS
+from two_faces import make_two_face_clip
 
 import affstream
 from affstream.api import annotate_to_files, iter_face_features, resolve_config
@@ -15,9 +17,6 @@ from affstream.io import iter_frames
 from affstream.pipeline import load_stages
 from affstream.records import DecodeStats
 from affstream.writers.columns import CSV_COLUMNS
-
-from media import VFR_PTS_MS
-from two_faces import make_two_face_clip
 
 
 @pytest.fixture(scope="module")

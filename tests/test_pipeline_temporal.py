@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from two_faces import make_two_face_clip
 
 import affstream
 from affstream.api import iter_face_features, resolve_config
@@ -14,8 +15,6 @@ from affstream.heads.temporal import TemporalHead
 from affstream.pipeline import load_stages
 from affstream.pipeline.predict import pack_outputs, unpack_scores
 from affstream.temporal.windows import gather_windows, plan_windows, stitch_windows
-
-from two_faces import make_two_face_clip
 
 LENGTH, STRIDE = 16, 10
 

@@ -52,12 +52,12 @@ def test_first_step_moves_by_rho_in_global_norm_and_second_step_restores():
     before = [p.detach().clone() for p in model.parameters()]
     ((model(x) - y) ** 2).mean().backward()
     sam.first_step()
-    moved = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before)])
+    moved = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before, strict=True)])
     assert moved.norm().item() == pytest.approx(0.2, rel=1e-9)
     with pytest.raises(RuntimeError, match="twice"):
         sam.first_step()
     sam.second_step()  # lr = 0: weights must be exactly the originals
-    for p, b in zip(model.parameters(), before):
+    for p, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(p.detach(), b)
 
 
@@ -67,7 +67,7 @@ def test_zero_gradient_gives_no_perturbation():
     before = [p.detach().clone() for p in model.parameters()]
     (model(torch.zeros(1, 2)) * 0).sum().backward()
     sam.first_step()
-    for p, b in zip(model.parameters(), before):
+    for p, b in zip(model.parameters(), before, strict=True):
         assert torch.isfinite(p).all() and torch.equal(p.detach(), b)
     sam.restore()
 
@@ -141,5 +141,5 @@ def test_sam_step_restores_weights_when_second_pass_fails():
 
     with pytest.raises(ValueError, match="boom"):
         sam_step(model, loss_fn, sam)
-    for p, b in zip(model.parameters(), before):
+    for p, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(p.detach(), b)

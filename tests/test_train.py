@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from synth_affwild import make_feature_bank
 
 from affstream.errors import ConfigError
 from affstream.heads.base import HeadOutputs, load_head_checkpoint, read_card
@@ -17,7 +18,6 @@ from affstream.train.checkpoint import load_resume, resume_dir
 from affstream.train.datasets import frame_set, person_sequence, shuffled_batches, window_set
 from affstream.train.loop import batch_loss, lr_factor, make_config, train_head
 from affstream.train.losses import ccc_loss
-from synth_affwild import make_feature_bank
 
 TINY_MLP = dict(width=32, dropout=0.1, batch_size=32, device="cpu")
 TINY_TEMPORAL = dict(d_model=16, dropout=0.1, lr=2e-3, window_length=24, window_stride=12, batch_size=4, device="cpu")
@@ -98,7 +98,7 @@ def test_shuffled_batches_are_seeded_and_cover_everything():
     a = shuffled_batches(101, 32, seed=1, epoch=2)
     assert [len(b) for b in a] == [32, 32, 32, 5]
     assert sorted(np.concatenate(a).tolist()) == list(range(101))
-    assert all(np.array_equal(x, y) for x, y in zip(a, shuffled_batches(101, 32, seed=1, epoch=2)))
+    assert all(np.array_equal(x, y) for x, y in zip(a, shuffled_batches(101, 32, seed=1, epoch=2), strict=True))
     assert not np.array_equal(np.concatenate(a), np.concatenate(shuffled_batches(101, 32, seed=1, epoch=3)))
     assert [len(b) for b in shuffled_batches(65, 32, 0, 0, min_size=2)] == [32, 32]
 
@@ -127,7 +127,8 @@ def test_batch_loss_masks_and_reductions():
     # Changing a masked label changes nothing.
     batch2 = dict(batch, expr=batch["expr"].clone())
     batch2["expr"][2] = 7
-    assert torch.equal(batch_loss(out, batch2, ("expr",), "erm", 1.0, "ccc"), batch_loss(out, batch, ("expr",), "erm", 1.0, "ccc"))
+    assert torch.equal(batch_loss(out, batch2, ("expr",), "erm", 1.0, "ccc"),
+                       batch_loss(out, batch, ("expr",), "erm", 1.0, "ccc"))
     v = batch["va_mask"]
     assert torch.allclose(batch_loss(out, batch, ("va",), "erm", 1.0, "ccc"), ccc_loss(out.va[v], batch["va"][v]))
     se = (out.va[v] - batch["va"][v]).pow(2).mean(1)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synth_affwild import make_feature_bank
 
 from affstream.train.bank import FeatureBank
 from affstream.train.loop import train_head
-from synth_affwild import make_feature_bank
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

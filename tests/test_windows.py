@@ -45,7 +45,7 @@ def test_plan_invariants(n, length, stride):
     coverage = np.zeros(n, dtype=int)
     for start, valid in plan:
         assert valid == min(length, n)
-        assert 0 <= start and start + valid <= n
+        assert start >= 0 and start + valid <= n
         coverage[start : start + valid] += 1
     assert coverage.min() >= 1
     assert coverage.max() <= -(-length // stride) + 1
@@ -173,7 +173,7 @@ def test_streaming_matches_offline(length, stride):
         plan = plan_windows(n, length, stride)
         got = windows[tid]
         assert [(w.start, w.valid_length) for w in got] == plan
-        offline_feats, mask = gather_windows(feats, plan, length)
+        offline_feats, _mask = gather_windows(feats, plan, length)
         for k, win in enumerate(got):
             assert win.track_id == tid and win.features.dtype == np.float32
             np.testing.assert_array_equal(win.features, offline_feats[k, : win.valid_length])

@@ -62,7 +62,8 @@ class _Progress:
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for <stem>.csv and <stem>.json.")
 @click.option("--pipeline", default="default", show_default=True, help="Preset name (default, smoke) or a pipeline .toml file.")
-@click.option("--backbone", default=None, help="CLIP backbone ARCH:TAG, ARCH:/path/to/weights or ARCH:random (overrides the preset).")
+@click.option("--backbone", default=None,
+              help="CLIP backbone ARCH:TAG, ARCH:/path/to/weights or ARCH:random (overrides the preset).")
 @click.option("--head", default=None, help="'zeroshot' or the path of a trained head checkpoint (overrides the preset).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the preset's, normally auto).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Faces per backbone batch.")

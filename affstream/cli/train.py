@@ -80,15 +80,18 @@ def _metric_text(metrics: dict) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Frames (mlp) or windows (temporal) per batch [32].")
 @click.option("--lr", type=float, default=None, help="Peak learning rate [mlp 1e-3, temporal 3e-5].")
 @click.option("--weight-decay", type=float, default=None, help="Weight decay [mlp 0, temporal 1e-5].")
-@click.option("--loss", type=click.Choice(["cvar", "erm"]), default=None, help="Per-frame loss reduction [mlp cvar, temporal erm].")
+@click.option("--loss", type=click.Choice(["cvar", "erm"]), default=None,
+              help="Per-frame loss reduction [mlp cvar, temporal erm].")
 @click.option("--alpha", type=float, default=None, help="CVaR level in (0, 1] [0.3].")
 @click.option("--sam/--no-sam", default=None, help="Sharpness-aware minimisation [mlp on, temporal off].")
 @click.option("--rho", type=float, default=None, help="SAM radius [0.05].")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="MLP hidden width [768].")
 @click.option("--dropout", type=float, default=None, help="Dropout [mlp 0.6, temporal 0.3].")
 @click.option("--d-model", type=click.IntRange(min=2), default=None, help="Temporal head width [256].")
-@click.option("--window", "window_length", type=click.IntRange(min=1), default=None, help="Temporal window length in frames [300].")
-@click.option("--stride", "window_stride", type=click.IntRange(min=1), default=None, help="Temporal window stride in frames [200].")
+@click.option("--window", "window_length", type=click.IntRange(min=1), default=None,
+              help="Temporal window length in frames [300].")
+@click.option("--stride", "window_stride", type=click.IntRange(min=1), default=None,
+              help="Temporal window stride in frames [200].")
 @click.option("--causal/--no-causal", default=None, help="Temporal head sees only past frames [off].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -133,10 +136,12 @@ def train_command(features_dir, task, head_kind, out, resume, device, seed, **op
 
 @click.command("evaluate")
 @click.option("--features", "features_dir", required=True, type=click.Path(path_type=Path), help="Feature bank folder.")
-@click.option("--head", "head_path", required=True, type=click.Path(path_type=Path), help="Head checkpoint (OUT or OUT.safetensors).")
+@click.option("--head", "head_path", required=True, type=click.Path(path_type=Path),
+              help="Head checkpoint (OUT or OUT.safetensors).")
 @click.option("--split", default="Validation_Set", show_default=True, help="Bank split to score.")
 @click.option("--tune-thresholds", is_flag=True, help="Tune per-AU thresholds (on --tune-split) and store them in the head card.")
-@click.option("--tune-split", default="Train_Set", show_default=True, help="Split the AU thresholds are tuned on; tuning on the evaluated split makes its score optimistic.")
+@click.option("--tune-split", default="Train_Set", show_default=True,
+              help="Split the AU thresholds are tuned on; tuning on the evaluated split makes its score optimistic.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def evaluate_command(features_dir, head_path, split, tune_thresholds, tune_split, device) -> None:
     """Print the ABAW metrics of HEAD on a split as one JSON object on stdout."""

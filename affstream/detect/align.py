@@ -12,7 +12,7 @@ width W spans x in [-0.5, W - 0.5].
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -275,7 +275,7 @@ class MTCNNDetector:
             found.append((boxes[keep], scores[keep], offs[keep], image_idx[keep]))
         if not found:
             return torch.zeros((0, 4), device=device), torch.zeros(0, dtype=torch.long, device=device)
-        boxes, scores, offs, image_idx = (torch.cat(parts) for parts in zip(*found))
+        boxes, scores, offs, image_idx = (torch.cat(parts) for parts in zip(*found, strict=True))
         keep = batched_nms(boxes, scores, image_idx, PYRAMID_NMS_IOU)
         boxes = B.regress_proposals(boxes[keep], offs[keep])
         return B.square_boxes(boxes), image_idx[keep]
@@ -290,7 +290,7 @@ class MTCNNDetector:
             part = slice(start, start + CROP_CHUNK)
             crops = B.area_resample(table, image_idx[part], windows[part], size, size)
             outputs.append(net((crops - PIXEL_MEAN) * PIXEL_SCALE))
-        return tuple(torch.cat(parts) for parts in zip(*outputs)), valid
+        return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True)), valid
 
     def _refine(self, table: torch.Tensor, boxes: torch.Tensor, image_idx: torch.Tensor,
                 width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:

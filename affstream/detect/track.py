@@ -24,8 +24,8 @@ Matching, frame by frame (numpy only, no learned appearance model):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 

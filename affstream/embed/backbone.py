@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +106,7 @@ class BackboneSpec:
         return f"{self.arch}:{self.source}"
 
     @classmethod
-    def parse(cls, spec: str) -> "BackboneSpec":
+    def parse(cls, spec: str) -> BackboneSpec:
         """Parse and check ``ARCH:SOURCE``; raises ConfigError naming the problem.
 
         The architecture must be known to open_clip (or be ``affstream-tiny``); a tag
@@ -360,7 +361,7 @@ def _create_from_file(spec: BackboneSpec) -> tuple[torch.nn.Module, str]:
     try:
         with open_clip_logs():
             model = open_clip.create_model(spec.arch, pretrained=str(path), device="cpu")
-    except Exception as exc:  # open_clip raises bare RuntimeError/KeyError for bad files
+    except Exception as exc:  # noqa: BLE001 - open_clip raises bare RuntimeError/KeyError/... for bad files
         raise WeightsError(
             f"{path}: cannot load as open_clip weights for {spec.arch} ({first_line(exc)}); "
             "check that the file matches the architecture"
@@ -386,13 +387,13 @@ def _create_pretrained(spec: BackboneSpec) -> tuple[torch.nn.Module, str | None]
         try:
             with open_clip_logs():
                 checkpoint = download_pretrained(cfg)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any download failure means: cannot get the weights
             raise WeightsError(missing_weights_message(spec, first_line(exc))) from None
     try:
         # The file is cached now: build without touching the network.
         with hf_offline(), open_clip_logs():
             model = open_clip.create_model(spec.arch, pretrained=spec.source, device="cpu")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a corrupt cached file fails in open_clip in many ways
         raise WeightsError(
             f"backbone {spec}: cached weights {checkpoint} cannot be loaded ({first_line(exc)}); "
             "delete that file and run again to download it afresh"

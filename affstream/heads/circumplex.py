@@ -75,7 +75,7 @@ def describe() -> dict[str, object]:
     return {
         "method": "expected value of the circumplex position under the expression posterior",
         "source": SOURCE,
-        "coords": {label: [round(v, 4), round(a, 4)] for label, (v, a) in zip(EXPR_LABELS, coords)},
+        "coords": {label: [round(v, 4), round(a, 4)] for label, (v, a) in zip(EXPR_LABELS, coords, strict=True)},
     }
 
 

@@ -325,7 +325,7 @@ class Orientation:
 
 def _nearest_quarter(degrees_cw: float) -> int:
     """Round an angle to 0, 90, 180 or 270 (clockwise), logging non-right angles."""
-    quarter = int(round(degrees_cw / 90.0)) % 4 * 90
+    quarter = round(degrees_cw / 90.0) % 4 * 90
     if abs(((degrees_cw - quarter) + 180.0) % 360.0 - 180.0) > 1.0:
         _LOG.warning("decode: display rotation %.1f deg rounded to %d deg", degrees_cw, quarter)
     return quarter

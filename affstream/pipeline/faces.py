@@ -58,7 +58,7 @@ class FaceSteps:
         with self.times.time("track"):
             return [
                 FrameFaces(f.frame_index, f.time_s, tracker.update(f.frame_index, f.time_s, dets))
-                for f, dets in zip(frames, detections)
+                for f, dets in zip(frames, detections, strict=True)
             ]
 
     def align(self, pixels: torch.Tensor, tracked: Sequence[FrameFaces]) -> torch.Tensor:

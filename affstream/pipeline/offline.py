@@ -379,7 +379,7 @@ def iter_face_features(video: str | Path, stages: Stages, *,
     frames = _prefetched(source, config)
     try:
         for chunk in iter_face_chunks(FaceSteps(stages), frames, config.schedule):
-            yield from zip(chunk.frames, chunk.per_frame_features())
+            yield from zip(chunk.frames, chunk.per_frame_features(), strict=True)
     finally:
         frames.close()  # stops and joins the decode thread first
         source.close()

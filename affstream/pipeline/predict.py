@@ -18,7 +18,7 @@ Both yield exactly one :class:`~affstream.records.FrameAnnotation` per face per 
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -28,7 +28,6 @@ from ..labels import TASK_WIDTHS, TASKS
 from ..records import FaceChunk, FrameAnnotation, FrameFaces, Prediction, ReadyWindow, TrackedFace
 from ..runtime import StageTimes
 from ..temporal.buffer import TrackWindowBuffer, WindowStitcher, stack_windows
-
 
 
 def empty_row(frame: FrameFaces) -> FrameAnnotation:
@@ -151,7 +150,7 @@ class WindowPredictor:
         for start in range(0, len(windows), self.window_batch):
             batch = windows[start : start + self.window_batch]
             scores = self._run_head(batch)
-            for window, window_scores in zip(batch, scores):
+            for window, window_scores in zip(batch, scores, strict=True):
                 self._store(self.stitcher.add(window, window_scores[: len(window.frame_index)]))
 
     def _run_head(self, windows: list[ReadyWindow]) -> np.ndarray:

@@ -35,6 +35,7 @@ from ..temporal.windows import plan_windows
 from .affwild import unannotated
 from .bank import FeatureBank
 
+
 def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     """Validated tuple of task names in canonical order (``labels.TASKS``)."""
     try:

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import metrics
 from ..errors import ConfigError, DataError
 from ..files import atomic_write_text
 from ..heads.base import AffectHead, HeadCard, checkpoint_paths
 from ..labels import AU_LABELS, EXPR_LABELS
 from ..temporal.windows import gather_windows, plan_windows, stitch_windows
+from . import metrics
 from .bank import FeatureBank
 from .datasets import MemmapCache, person_labels
 
@@ -224,15 +224,15 @@ def score(pooled: Pooled, tasks: Sequence[str], au_thresholds: Sequence[float] |
         y_true, y_pred = pooled.truth["expr"], pooled.scores["expr"].argmax(axis=1)
         result["expr_f1"] = metrics.expr_macro_f1(y_true, y_pred)
         per = metrics.f1_per_class(y_true, y_pred)
-        result["expr_f1_per_class"] = {label: float(v) for label, v in zip(EXPR_LABELS, per)}
+        result["expr_f1_per_class"] = {label: float(v) for label, v in zip(EXPR_LABELS, per, strict=True)}
     if "au" in tasks:
         mean, per = metrics.au_f1(pooled.truth["au"], _sigmoid(pooled.scores["au"]), np.asarray(au_thresholds))
         result["au_f1"] = mean
-        result["au_f1_per_au"] = {label: float(v) for label, v in zip(AU_LABELS, per)}
+        result["au_f1_per_au"] = {label: float(v) for label, v in zip(AU_LABELS, per, strict=True)}
     if "va" in tasks:
         mean, valence, arousal = metrics.va_ccc(pooled.truth["va"], pooled.scores["va"])
         result.update(va_ccc=mean, va_ccc_valence=valence, va_ccc_arousal=arousal)
-    result["n_frames"] = {t: int(len(pooled.truth[t])) for t in tasks}
+    result["n_frames"] = {t: len(pooled.truth[t]) for t in tasks}
     result["n_filled"] = dict(pooled.filled)
     return result
 
@@ -292,8 +292,8 @@ def evaluate_head(
     Raises ConfigError if the bank's backbone / feature_dim differ from the head's,
     DataError for a missing bank or an empty split, WeightsError for a bad checkpoint.
     """
-    from ..runtime import resolve_device
     from ..heads.base import load_head_checkpoint, read_card
+    from ..runtime import resolve_device
 
     bank = FeatureBank.open(features_dir)
     card = read_card(head_path)
@@ -308,7 +308,7 @@ def evaluate_head(
         thresholds = np.asarray(card.au_thresholds, dtype=np.float64)
     result = score(pooled, card.tasks, thresholds)
     if "au" in card.tasks:
-        result["au_thresholds"] = {label: float(t) for label, t in zip(AU_LABELS, thresholds)}
+        result["au_thresholds"] = {label: float(t) for label, t in zip(AU_LABELS, thresholds, strict=True)}
         result["au_thresholds_tuned_on"] = card.metrics.get("au_thresholds_tuned_on")
     result["split"] = split
     result["people"] = len(names)

@@ -125,8 +125,8 @@ def export_abaw(
     Raises ConfigError for a head/bank backbone mismatch or a task the head lacks,
     DataError for unknown people or an empty split.
     """
-    from ..runtime import resolve_device
     from ..heads.base import load_head_checkpoint, read_card
+    from ..runtime import resolve_device
 
     bank = FeatureBank.open(features_dir)
     card = read_card(head_path)

@@ -59,15 +59,26 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..errors import AffstreamError, ConfigError, DataError
-from .affwild import (LENGTH_TOLERANCE_FRAMES, SPLITS, TASK_DIRS, TEST_SPLIT, PersonLabels, check_length,
-                      read_test_list, scan_affwild, side_of, test_person)
+from .affwild import (
+    LENGTH_TOLERANCE_FRAMES,
+    SPLITS,
+    TASK_DIRS,
+    TEST_SPLIT,
+    PersonLabels,
+    check_length,
+    read_test_list,
+    scan_affwild,
+    side_of,
+    test_person,
+)
 from .bank import DTYPES, SOURCES, BankWriter
 from .person_tracks import TrackBoxes, choose_tracks
 
@@ -192,7 +203,7 @@ def embed_crops(backbone, crops: dict[int, Path], n_frames: int, batch_size: int
         for i, chunk in enumerate(chunks):
             images = [future.result() for future in pending]
             pending = submit(chunks[i + 1]) if i + 1 < len(chunks) else []
-            frames = [frame for (frame, _), image in zip(chunk, images) if image is not None]
+            frames = [frame for (frame, _), image in zip(chunk, images, strict=True) if image is not None]
             images = [image for image in images if image is not None]
             if not images:
                 continue
@@ -291,7 +302,7 @@ def _collect_tracks(stream, dtype: str) -> tuple[dict[int, TrackBoxes], dict[int
     for frame_faces, frame_feats in stream:
         n_decoded += 1
         row = frame_faces.frame_index - 1
-        for face, feat in zip(frame_faces.faces, frame_feats):
+        for face, feat in zip(frame_faces.faces, frame_feats, strict=True):
             track = int(face.track_id)
             if row < 0 or (rows.get(track) and rows[track][-1] >= row):
                 continue

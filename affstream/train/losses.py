@@ -72,7 +72,7 @@ def cvar(losses: torch.Tensor, alpha: float) -> torch.Tensor:
     _check_losses(losses)
     n = losses.shape[0]
     mass = _tail_mass(n, alpha)
-    whole = min(int(math.floor(mass)), n)
+    whole = min(math.floor(mass), n)
     frac = mass - whole
     if whole == n:
         return losses.mean()

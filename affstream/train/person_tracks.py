@@ -11,10 +11,10 @@ that no chosen track covers stay missing: a passer-by never takes the person's l
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
-
 
 CHAIN_DISTANCE_MAX = 1.5
 """Largest centre distance, in units of the chosen box's size (square root of its
@@ -117,7 +117,7 @@ def _dominant_pair(tracks: dict[int, TrackBoxes]) -> tuple[int, int] | None:
     order = np.argsort(rows, kind="stable")
     _, starts, counts = np.unique(rows[order], return_index=True, return_counts=True)
     scores: dict[tuple[int, int], list[float]] = {}
-    for start, count in zip(starts[counts > 1], counts[counts > 1]):
+    for start, count in zip(starts[counts > 1], counts[counts > 1], strict=True):
         faces = order[start:start + count]
         for i, a in enumerate(faces):
             for b in faces[i + 1:]:

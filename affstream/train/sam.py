@@ -122,7 +122,7 @@ def bn_stats_frozen(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = False
         yield
     finally:
-        for m, flag in zip(layers, saved):
+        for m, flag in zip(layers, saved, strict=True):
             m.track_running_stats = flag
 
 

@@ -13,16 +13,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import AtomicFile, atomic_path, atomic_write_text
-from .columns import (
-    COLUMN_DOCS,
-    CSV_COLUMNS,
-    WRITER_MODES,
-    TableWriter,
-    annotation_from_row,
-    check_mode,
-    format_row,
-    typed_row,
-)
+from .base import WRITER_MODES, TableWriter, check_mode
+from .columns import COLUMN_DOCS, CSV_COLUMNS, annotation_from_row, format_row, typed_row
 from .csv import CsvWriter, iter_csv, read_csv
 from .json import dumps_json_report, to_jsonable, write_json_report
 from .jsonl import JsonlWriter, iter_jsonl, read_jsonl

@@ -17,13 +17,8 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..records import FrameAnnotation
-from .columns import (
-    CSV_COLUMNS,
-    TableWriter,
-    annotation_from_row,
-    format_row,
-    parse_cell,
-)
+from .base import TableWriter
+from .columns import CSV_COLUMNS, annotation_from_row, format_row, parse_cell
 
 _NAMED = 3  # foreign / missing columns named in an error message, at most
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from ..errors import DataError
 from ..records import FrameAnnotation
-from .columns import CSV_COLUMNS, TableWriter, annotation_from_row, typed_row
+from .base import TableWriter
+from .columns import CSV_COLUMNS, annotation_from_row, typed_row
 
 
 def dumps_row(ann: FrameAnnotation) -> str:
