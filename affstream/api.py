@@ -132,7 +132,7 @@ def iter_face_features(
     """Per decoded frame (in order): its tracked faces and their (n_faces, D) features.
 
     ``backbone`` may be a spec string or an already loaded Backbone (shared across
-    videos). Used by ``affstream features --source videos``.
+    videos). Lazy: the models load at the first ``next``.
     """
     from .pipeline import load_stages
     from .pipeline.offline import iter_face_features as iterate
@@ -142,4 +142,4 @@ def iter_face_features(
         config = resolve_config(pipeline, backbone=spec, device=device)
         loaded = None if isinstance(backbone, str) else backbone
         stages = load_stages(config, backbone=loaded, with_head=False)
-    return iterate(video, stages, stats=stats)
+    yield from iterate(video, stages, stats=stats)

@@ -4,8 +4,9 @@ Shipped data. A wheel carries ``pipelines/`` and ``weights/`` under ``affstream/
 an editable install or a source checkout reads them from the repository root
 (:func:`shipped_dir`). Derived artefacts go to :func:`cache_dir`.
 
-Checksums. :func:`sha256_file` is the one sha256 of a file; :func:`sha256_file_cached`
-memoises it by (path, size, mtime) for large weight files.
+Checksums. :func:`sha256_file` is the one sha256 of a file (:func:`sha256_bytes` of bytes
+in memory); :func:`sha256_file_cached` memoises it by (path, size, mtime) for large
+weight files.
 
 Atomic output. An output file only ever appears under its final name once it is
 complete: the data goes to a temporary file in the same directory, named
@@ -19,7 +20,7 @@ complete ``NAME``. Every writer of the package goes through one of:
 * :class:`AtomicFile`        -- an open text file for streaming writers (``commit`` / ``discard``);
 * :func:`atomic_path`        -- a temporary *path* for code that opens the file itself
   (a video muxer, ``safetensors.save_file``, ``np.save``);
-* :func:`atomic_write_text` / :func:`atomic_write_bytes` -- a whole content at once.
+* :func:`atomic_write_text` -- a whole text at once.
 
 Nothing here does work at import time.
 """
@@ -82,6 +83,11 @@ def cache_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------- checksums
+
+
+def sha256_bytes(data: bytes) -> str:
+    """sha256 hex digest of ``data`` (e.g. a file already read, a serialised cache key)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: str | Path) -> str:
@@ -293,8 +299,3 @@ def atomic_write_text(path: str | Path, text: str, *, encoding: str = "utf-8") -
         raise
     out.commit()
 
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(data)

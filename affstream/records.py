@@ -85,7 +85,7 @@ class DecodeStats:
 class Frame:
     """One decoded, upright video frame.
 
-    index:  1-based decode index.
+    frame_index: 1-based decode index.
     time_s: presentation time in seconds (PTS * time_base); for a frame without PTS the
             decoder extrapolates from the previous frame and says so in its stats.
     image:  (H, W, 3) uint8 RGB, C-contiguous, already rotated upright.

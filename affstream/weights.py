@@ -65,7 +65,7 @@ def load_verified_state(relpath: str, weights_dir: Path | None = None) -> dict:
     if expected is None:
         raise WeightsError(f"{path}: not listed in {root / 'manifest.json'}; reinstall affstream")
     if not path.is_file():
-        raise WeightsError(f"{path}: MTCNN weight file missing; reinstall affstream")
+        raise WeightsError(f"{path}: shipped weight file missing; reinstall affstream")
     actual = sha256_file(path)
     if actual != expected:
         raise WeightsError(

@@ -33,7 +33,10 @@ if args["threads"]:
 t0 = time.perf_counter()
 config = resolve_config(args["pipeline"], backbone=args["backbone"], device=args["device"], batch_size=args["batch_size"])
 if args["detect_batch"]:
-    config = config.with_overrides(schedule={"detect_batch_frames": args["detect_batch"]})
+    try:
+        config = config.with_overrides(schedule={"detect_batch_frames": args["detect_batch"]})
+    except Exception:  # an older affstream (baseline tree): the knob was detect.batch_frames
+        config = config.with_overrides(detect={"batch_frames": args["detect_batch"]})
 files = annotate_to_files(args["clip"], args["out"], pipeline=config)
 total = time.perf_counter() - t0
 r = files.report
@@ -100,17 +103,22 @@ def compare(args: argparse.Namespace) -> None:
     """Interleaved runs of the baseline tree and this tree; median frames/s and their ratio."""
     print(f"machine: {platform.machine()} {platform.processor() or ''}, python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs; {args.repeat} interleaved run(s) per tree")
-    print("| clip | baseline frames/s (runs) | this tree frames/s (runs) | ratio this/baseline |")
-    print("|---|---|---|---|")
+    print("| clip | baseline frames/s (runs) | this tree frames/s (runs) | ratio this/baseline | "
+          "ratio of total s incl. load (baseline/this) |")
+    print("|---|---|---|---|---|")
     for clip in args.clips:
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         rates: dict[str, list[float]] = {"baseline": [], "this": []}
+        totals: dict[str, list[float]] = {"baseline": [], "this": []}
         for _ in range(args.repeat):
-            rates["baseline"].append(run_one(clip, args, args.baseline_tree)["timings"]["frames_per_s"])
-            rates["this"].append(run_one(clip, args, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-                                 ["timings"]["frames_per_s"])
+            for name, tree in (("baseline", args.baseline_tree), ("this", here)):
+                result = run_one(clip, args, tree)
+                rates[name].append(result["timings"]["frames_per_s"])
+                totals[name].append(result["total_s_with_load"])
         base, this = statistics.median(rates["baseline"]), statistics.median(rates["this"])
+        total_ratio = statistics.median(totals["baseline"]) / statistics.median(totals["this"])
         print(f"| {clip.split('/')[-1]} | {base:.2f} ({', '.join(f'{r:.1f}' for r in rates['baseline'])}) | "
-              f"{this:.2f} ({', '.join(f'{r:.1f}' for r in rates['this'])}) | {this / base:.3f} |")
+              f"{this:.2f} ({', '.join(f'{r:.1f}' for r in rates['this'])}) | {this / base:.3f} | {total_ratio:.3f} |")
 
 
 if __name__ == "__main__":

@@ -145,3 +145,34 @@ def test_all_inputs_missing_exits_1_without_loading_models(tmp_path, monkeypatch
     assert result.exit_code == 1
     one_line_error(result, "a.mp4")
     assert "is a directory" in result.stderr
+
+
+def test_many_inputs_end_with_a_summary_table_and_names_shown_verbatim(single_face_jpg, tmp_path):
+    odd = tmp_path / "talk [" / "] [final].jpg"  # the path reads "talk [/] [final].jpg": rich markup
+    odd.parent.mkdir()
+    odd.write_bytes(single_face_jpg.read_bytes())
+    missing = tmp_path / "gone [x].mp4"
+    result = run_cli("annotate", str(odd), str(missing), "-o", str(tmp_path / "out"), "--pipeline", "smoke",
+                     "--device", "cpu")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr
+    one_line_error(result, "gone [x].mp4")
+    table = result.stderr[result.stderr.index("input"):]
+    assert "status" in table and "done" in table and "failed" in table
+    assert "] [final].jpg" in table and "1 of 2 input(s) failed" in result.stderr
+    assert (tmp_path / "out" / "] [final].csv").is_file()
+
+
+def test_bad_device_or_head_exits_2_before_models_load(single_face_jpg, tmp_path, monkeypatch):
+    import affstream.detect.mtcnn
+
+    def no_detector(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(affstream.detect.mtcnn, "MTCNNDetector", no_detector)
+    for option, value, words in (("--head", str(tmp_path / "nohead"), "head.head"),
+                                 ("--device", "cuda:7", "device")):
+        result = run_cli("annotate", str(single_face_jpg), "-o", str(tmp_path / "out"), "--pipeline", "smoke",
+                         option, value)
+        assert result.exit_code == 2, result.stderr
+        assert words in one_line_error(result, value.split("/")[-1])

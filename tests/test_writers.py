@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 
 from affstream.errors import AffstreamError, ConfigError
+from affstream.files import atomic_path, atomic_write_text
 from affstream.labels import AU_COLUMN_STEMS, EXPR_LABELS
 from affstream.records import FrameAnnotation
 from affstream.writers import (
     COLUMN_DOCS,
     CSV_COLUMNS,
     CsvWriter,
-    atomic_path,
-    atomic_write_text,
     format_row,
     get_writer,
     write_json_report,

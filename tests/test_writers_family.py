@@ -516,13 +516,13 @@ def test_factory_formats_and_modes(tmp_path):
     assert isinstance(csv_writer, CsvWriter) and isinstance(csv_writer, TableWriter)
     csv_writer.abort()
     assert WRITER_MODES == ("atomic", "live")
-    assert set(writers.WRITERS) == {"csv", "jsonl"}
+    assert set(writers.WRITERS) == {"csv", "json", "jsonl"}
 
 
 def test_factory_errors_list_the_known_choices(tmp_path):
     with pytest.raises(ConfigError) as excinfo:
         get_writer("parquet", tmp_path / "a.parquet")
-    one_line_error(excinfo, "parquet", "csv, jsonl")
+    one_line_error(excinfo, "parquet", "csv, json, jsonl")
     with pytest.raises(ConfigError) as excinfo:
         get_writer("csv", tmp_path / "a.csv", mode="append")
     one_line_error(excinfo, "append", "atomic, live")
@@ -567,3 +567,28 @@ def test_old_report_names_are_gone():
     for name in ("write_report", "dumps_report", "report"):
         assert not hasattr(writers, name)
     assert set(writers.__all__) <= set(dir(writers))
+
+
+def test_json_table_is_one_array_of_the_jsonl_records(tmp_path):
+    from affstream.writers import JsonWriter
+    from affstream.writers.jsonl import dumps_row
+
+    anns = golden_annotations()
+    with get_writer("json", tmp_path / "t.json") as writer:
+        assert isinstance(writer, JsonWriter)
+        for ann in anns:
+            writer.write(ann)
+        assert not (tmp_path / "t.json").exists()  # atomic: published on close
+    records = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))
+    assert records == [json.loads(dumps_row(ann)) for ann in anns]
+    assert [list(r) for r in records] == [list(CSV_COLUMNS)] * len(anns)
+    with get_writer("json", tmp_path / "empty.json"):
+        pass
+    assert json.loads((tmp_path / "empty.json").read_text(encoding="utf-8")) == []
+
+
+def test_json_table_has_no_live_mode(tmp_path):
+    with pytest.raises(ConfigError) as excinfo:
+        get_writer("json", tmp_path / "t.json", mode="live")
+    one_line_error(excinfo, "jsonl")
+    assert list(tmp_path.iterdir()) == []

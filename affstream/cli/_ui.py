@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
-EXIT_OK = 0
+from ..records import INPUT_DONE
+
 EXIT_INPUT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -93,6 +94,6 @@ def summary_table(console, rows: list[tuple[str, str, str]]) -> None:
     for column in ("input", "status", "detail"):
         table.add_column(column, overflow="fold")
     for name, status, detail in rows:
-        style = "green" if status == "done" else "red"
+        style = "green" if status == INPUT_DONE else "red"
         table.add_row(Text(name), Text(status, style=style), Text(detail))
     console.print(table)

@@ -13,7 +13,10 @@ from . import _ui
 
 
 class _Progress:
-    """An :class:`~affstream.pipeline.offline.InputObserver` drawing one bar per video."""
+    """An :class:`~affstream.pipeline.offline.InputObserver` drawing one bar per video.
+
+    A context manager: leaving it (also by Ctrl-C or an error) stops a bar still shown.
+    """
 
     def __init__(self, console) -> None:
         self.console = console
@@ -21,9 +24,17 @@ class _Progress:
         self.task = None
         self.start = 0.0
 
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
     def loaded(self, stages) -> None:
         if not stages.meaningful:
-            from ..pipeline.offline import MEANINGLESS_WARNING
+            from ..pipeline.run import MEANINGLESS_WARNING
 
             _ui.warning(self.console, MEANINGLESS_WARNING)
 
@@ -71,16 +82,21 @@ def annotate_command(videos, out_dir, pipeline, backbone, head, device, batch_si
     """Annotate VIDEOS: one CSV row per face per frame, plus a JSON report per video."""
     from ..api import resolve_config
     from ..errors import AffstreamError
+    from ..pipeline import check_config
     from ..pipeline.offline import annotate_inputs
+    from ..pipeline.outputs import check_outputs
 
     console = _ui.stderr_console()
     try:
+        check_outputs(list(videos), out_dir)
         config = resolve_config(pipeline, backbone=backbone, head=head, device=device, batch_size=batch_size)
+        check_config(config)
     except AffstreamError as exc:
         _ui.fail(str(exc))
     try:
-        results = annotate_inputs(list(videos), out_dir, config=config, observer=_Progress(console))
-    except AffstreamError as exc:  # outputs refused or models not loadable: nothing ran
+        with _Progress(console) as progress:
+            results = annotate_inputs(list(videos), out_dir, config=config, observer=progress)
+    except AffstreamError as exc:  # models not loadable: nothing ran
         _ui.fail(str(exc))
     except KeyboardInterrupt:
         _ui.interrupted(console, "no partial output was left under a final name")

@@ -48,7 +48,7 @@ def prefetch(iterable: Iterable[T], maxsize: int) -> Iterator[T]:
     """
     if int(maxsize) < 1:
         raise ConfigError(f"prefetch queue size must be >= 1 (got {maxsize}); "
-                          "raise decode.queue_frames")
+                          "raise schedule.queue_frames")
     return _consume(iterable, int(maxsize))
 
 

@@ -82,8 +82,9 @@ class VideoSource:
         self.name = check_path(path)
         self._container = open_container(self.name)
         self._finalizer = weakref.finalize(self, self._container.close)
+        self._finalizer.atexit = False  # never close under a decoding thread at exit
         self._started = False
-        self._decoding_thread: int | None = None  # thread inside frames()/count(), if any
+        self._decoding_thread: int | None = None  # thread iterating frames(), if any
         try:
             self._stream = video_stream(self._container, self.name)
             self._configure_decoder()

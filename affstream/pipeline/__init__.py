@@ -55,6 +55,36 @@ class Stages:
         return bool(self.backbone.meaningful and head_ok)
 
 
+def check_config(config: PipelineConfig) -> None:
+    """Checks that need more than the config's own types and ranges, made before any
+    model loads: the device exists, the backbone names a known architecture and tag
+    (or a weights file that exists), the head is ``zeroshot`` or an existing checkpoint.
+
+    Raises a one-line ConfigError naming the dotted option (``device``,
+    ``embed.backbone``, ``head.head``).
+    """
+    from ..embed.backbone import BackboneSpec
+
+    for option, check in (
+        ("device", lambda: resolve_device(config.device)),
+        ("embed.backbone", lambda: BackboneSpec.parse(config.embed.backbone)),
+        ("head.head", lambda: _check_head_spec(config.head.head)),
+    ):
+        try:
+            check()
+        except ConfigError as exc:
+            raise ConfigError(f"{option}: {exc}") from None
+
+
+def _check_head_spec(spec: str) -> None:
+    if spec == "zeroshot":
+        return
+    path = Path(spec)
+    if not (path.exists() or path.with_suffix(".json").exists() or path.with_suffix(".safetensors").exists()):
+        raise ConfigError(f"head '{spec}' not found: give 'zeroshot' or the path of a trained head "
+                          "(.safetensors with its .json card)")
+
+
 def load_head(spec: str, backbone: Backbone, device: torch.device) -> tuple[AffectHead, dict[str, Any]]:
     """``zeroshot`` (text head built from ``backbone``) or a checkpoint path.
 
@@ -68,10 +98,8 @@ def load_head(spec: str, backbone: Backbone, device: torch.device) -> tuple[Affe
 
         head = zero_shot_head(backbone).to(device).eval()
         return head, {"name": "zeroshot", "kind": head.card.kind, "sha256": None, "path": None}
+    _check_head_spec(spec)
     path = Path(spec)
-    if not (path.exists() or path.with_suffix(".json").exists() or path.with_suffix(".safetensors").exists()):
-        raise ConfigError(f"head '{spec}' not found: give 'zeroshot' or the path of a trained head "
-                          "(.safetensors with its .json card)")
     head, sha256 = load_head_checkpoint(path, device)
     card = head.card
     if card.backbone != str(backbone.spec) or card.feature_dim != backbone.feature_dim:
@@ -87,10 +115,13 @@ def load_stages(config: PipelineConfig, *, backbone: Backbone | None = None, wit
 
     ``backbone`` may be passed in to share one loaded backbone between pipelines;
     ``with_head=False`` skips the head (feature extraction only; ``head`` is None).
+    The options are checked first (:func:`check_config`), before any model loads.
     """
     from ..detect.mtcnn import MTCNNDetector
     from ..embed.backbone import load_backbone
 
+    if backbone is None:
+        check_config(config if with_head else config.with_overrides(head={"head": "zeroshot"}))
     device = resolve_device(config.device)
     detector = MTCNNDetector(config.detect, device)
     if backbone is None:
@@ -107,4 +138,4 @@ def load_stages(config: PipelineConfig, *, backbone: Backbone | None = None, wit
     return Stages(config, device, detector, backbone, head, identity)
 
 
-__all__ = ["Stages", "load_head", "load_stages"]
+__all__ = ["Stages", "check_config", "load_head", "load_stages"]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..config import PipelineConfig, ScheduleConfig
-from ..errors import AffstreamError, ConfigError, SourceError
+from ..errors import AffstreamError, SourceError
 from ..io.prefetch import prefetch
 from ..io.sources import VideoSource, open_source
 from ..records import (
@@ -42,16 +42,11 @@ from ..records import (
     VideoInfo,
 )
 from ..runtime import StageTimes, release_free_memory
-from ..version import __version__
 from . import Stages
 from .faces import FaceSteps
+from .outputs import check_outputs, output_paths
 from .predict import make_predictor
-
-MEANINGLESS_WARNING = (
-    "SMOKE/TEST RUN: random model weights; the affect outputs are meaningless. "
-    "Use a pretrained backbone (e.g. the default pipeline) for real annotations."
-)
-
+from .run import RowCounter, build_report
 
 # ------------------------------------------------------------------------- face chunks
 
@@ -151,11 +146,22 @@ class AnnotationRun:
         self._source = open_source(self.path, threads=stages.config.decode.threads, stats=self.stats)
         self.info: VideoInfo = self._source.info
         self.times = StageTimes(stages.device)
-        self.on_frame = on_frame
-        self.counts = RunCounts()
-        self.track_ids: set[int] = set()
+        self._counter = RowCounter(on_frame)
         self.wall_s = 0.0
         self._started = False
+
+    @property
+    def counts(self) -> RunCounts:
+        """Rows, frames and faces so far (live; :meth:`report` holds a snapshot)."""
+        return self._counter.counts
+
+    @property
+    def on_frame(self) -> Callable[[int], None] | None:
+        return self._counter.on_frame
+
+    @on_frame.setter
+    def on_frame(self, callback: Callable[[int], None] | None) -> None:
+        self._counter.on_frame = callback
 
     def __iter__(self) -> Iterator[FrameAnnotation]:
         if self._started:
@@ -167,7 +173,7 @@ class AnnotationRun:
         finally:
             self.wall_s = time.perf_counter() - start
             self._source.close()
-        if self.counts.frames_written == 0:
+        if self._counter.counts.frames_written == 0:
             detail = f" ({self.stats.error_messages[0]})" if self.stats.error_messages else ""
             raise SourceError(f"{self.path}: no decodable video frames{detail}; check the file is a complete video")
 
@@ -183,102 +189,40 @@ class AnnotationRun:
         frames = _prefetched(self._source, config, self.times)
         try:
             for chunk in iter_face_chunks(steps, frames, config.schedule):
-                yield from self._count(predictor.feed(chunk))
-            yield from self._count(predictor.close())
+                yield from self._counter.count(predictor.feed(chunk))
+            yield from self._counter.count(predictor.close())
         finally:
             frames.close()  # stops and joins the decode thread before the source closes
 
-    def _count(self, rows: Iterable[FrameAnnotation]) -> Iterator[FrameAnnotation]:
-        counts = self.counts
-        last_frame = None
-        for row in rows:
-            counts.rows += 1
-            if row.success:
-                self.track_ids.add(row.track_id)
-            if row.frame_index != last_frame:
-                last_frame = row.frame_index
-                counts.frames_written += 1
-                counts.frames_with_faces += int(row.success)
-                if self.on_frame is not None:
-                    self.on_frame(counts.frames_written)
-            yield row
-
     def report(self, outputs: dict[str, str] | None = None) -> RunReport:
-        """The run's report: source, configuration, models, counts, timings."""
-        stages = self.stages
-        card = stages.head.card
-        meaningful = stages.meaningful
-        counts = self.counts
-        counts.frames_decoded = self.stats.frames
-        counts.tracks = len(self.track_ids)
-        counts.decode_errors = self.stats.errors
-        counts.frames_without_pts = self.stats.missing_pts
-        counts.decode_error_messages = list(self.stats.error_messages)
-        return RunReport(
-            affstream_version=__version__,
-            meaningful=meaningful,
-            warning=None if meaningful else MEANINGLESS_WARNING,
-            source=self.info,
-            outputs=dict(outputs or {}),
-            config=stages.config.to_dict(),
-            device=str(stages.device),
-            backbone=stages.backbone.identity(),
-            head={
-                **stages.head_identity,
-                "tasks": list(card.tasks),
-                "window_length": card.window_length,
-                "window_stride": card.window_stride,
-                "causal": card.causal,
-                "meaningful": card.meaningful,
-                "au_thresholds": list(card.au_thresholds),
-            },
-            counts=counts,
-            wall_s=self.wall_s,
-            frames_per_s=counts.frames_written / max(self.wall_s, 1e-9),
-            stage_times=self.times.to_dict(),
-        )
-
-
-def output_paths(source: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
-    """``OUT/<stem>.csv`` and ``OUT/<stem>.json`` for ``source``."""
-    stem = Path(source).stem
-    out = Path(out_dir)
-    return out / f"{stem}.csv", out / f"{stem}.json"
-
-
-def check_outputs(sources: Sequence[str | Path], out_dir: str | Path) -> None:
-    """Fail early (ConfigError) if ``out_dir`` cannot be created or two sources would
-    write the same output files."""
-    seen: dict[Path, str] = {}
-    for source in sources:
-        csv_path, _ = output_paths(source, out_dir)
-        if csv_path in seen:
-            raise ConfigError(
-                f"{source} and {seen[csv_path]} would both write {csv_path.name}; "
-                "annotate them into different output directories or rename one"
-            )
-        seen[csv_path] = str(source)
-    try:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{out_dir}: cannot create the output directory ({exc.strerror or exc})") from None
+        """The run's report (a snapshot): source, configuration, models, counts, timings."""
+        counts = self._counter.snapshot(self.stats)
+        return build_report(self.stages, self.info, counts, self.times, self.wall_s, outputs)
 
 
 def write_run(run: AnnotationRun, out_dir: str | Path) -> InputResult:
-    """Iterate ``run`` into its CSV (streamed) and JSON report, both atomically."""
+    """Iterate ``run`` into its CSV (streamed) and JSON report, both atomically.
+
+    The run's source is closed whatever happens (also when the outputs are refused).
+    """
     from ..writers import get_writer
     from ..writers.json import write_json_report
 
     csv_path, json_path = output_paths(run.path, out_dir)
-    check_outputs([run.path], out_dir)
     start = time.perf_counter()
-    # The CSV is committed last, after the report: an interruption anywhere before
-    # leaves neither file (or only a previous run's) under the final names.
-    with get_writer("csv", csv_path) as writer:
-        for row in run:
-            writer.write(row)
-        report = run.report({"csv": csv_path.name, "json": json_path.name})
-        write_json_report(json_path, report)
+    rows = iter(run)
+    try:
+        check_outputs([run.path], out_dir)
+        # The CSV is committed last, after the report: an interruption anywhere before
+        # leaves neither file (or only a previous run's) under the final names.
+        with get_writer("csv", csv_path) as writer:
+            for row in rows:
+                writer.write(row)
+            report = run.report({"csv": csv_path.name, "json": json_path.name})
+            write_json_report(json_path, report)
+    finally:
+        rows.close()  # stops the decode thread (if a failure left the rows unfinished) ...
+        run.close()  # ... before the source is released
     outputs = {"csv": str(csv_path), "json": str(json_path)}
     return InputResult(str(run.path), INPUT_DONE, outputs=outputs, report=report,
                        seconds=time.perf_counter() - start)
@@ -350,7 +294,8 @@ def annotate_inputs(inputs: Sequence[str | Path], out_dir: str | Path, *, config
     if (config is None) == (stages is None):
         raise ValueError("annotate_inputs(): give exactly one of config= or stages=")
     observer = observer or InputObserver()
-    check_outputs(list(inputs), out_dir)
+    inputs = list(inputs)
+    check_outputs(inputs, out_dir)
     results = preflight(inputs)
     for result in results:
         if result is not None:

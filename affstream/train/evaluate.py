@@ -14,7 +14,7 @@ nearest frame with one (ties: the earlier), exactly as an ABAW submission writte
 :mod:`affstream.train.export` does; their number is reported as ``n_filled``. A
 person without any face gets neutral scores (expression logits 0, every AU absent,
 VA 0). A frame counts for AU only when all 12 AUs are annotated
-(:func:`affstream.metrics.au_valid`).
+(:func:`affstream.train.metrics.au_valid`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..files import atomic_write_text
 from ..heads.base import AffectHead, HeadCard, checkpoint_paths
-from ..labels import AU_LABELS, EXPR_LABELS
+from ..labels import AU_LABELS, EXPR_LABELS, TASK_WIDTHS
 from ..temporal.windows import gather_windows, plan_windows, stitch_windows
 from . import metrics
 from .bank import FeatureBank
@@ -105,7 +105,7 @@ def predict_person(head: AffectHead, bank: FeatureBank, name: str, device: torch
         feats = np.asarray(mapped[rows], dtype=np.float32)
         tasks = head.card.tasks
         if len(rows) == 0:
-            scores = {t: np.zeros((0, _width(t)), dtype=np.float64) for t in tasks}
+            scores = {t: np.zeros((0, TASK_WIDTHS[t]), dtype=np.float64) for t in tasks}
         elif head.card.windowed:
             scores = _window_scores(head, feats, device)
         else:
@@ -113,10 +113,6 @@ def predict_person(head: AffectHead, bank: FeatureBank, name: str, device: torch
     finally:
         head.train(was_training)
     return PersonOutputs(name, int(bank.people[name]["n_frames"]), rows, scores)
-
-
-def _width(task: str) -> int:
-    return {"va": 2, "expr": len(EXPR_LABELS), "au": len(AU_LABELS)}[task]
 
 
 def predict_people(head: AffectHead, bank: FeatureBank, names: Sequence[str],
@@ -176,7 +172,7 @@ def _scores_at(person: PersonOutputs, task: str, frames: np.ndarray) -> np.ndarr
     present[person.rows] = True
     source = nearest_present(present)
     if source is None:
-        faceless = np.zeros((len(frames), _width(task)), dtype=np.float64)
+        faceless = np.zeros((len(frames), TASK_WIDTHS[task]), dtype=np.float64)
         if task == "au":
             faceless[:] = FACELESS_AU_LOGIT
         return faceless
@@ -200,7 +196,7 @@ def pool(bank: FeatureBank, outputs: Sequence[PersonOutputs], tasks: Sequence[st
             filled[t] += int((~present[frames]).sum())
     return Pooled(
         {t: np.concatenate(v) if v else np.zeros((0,)) for t, v in truth.items()},
-        {t: np.concatenate(v) if v else np.zeros((0, _width(t))) for t, v in scores.items()},
+        {t: np.concatenate(v) if v else np.zeros((0, TASK_WIDTHS[t])) for t, v in scores.items()},
         filled,
     )
 

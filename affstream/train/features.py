@@ -347,9 +347,20 @@ def _people_from_video(video_path: Path, people: list[PersonLabels], face_featur
 
 
 def _default_face_features_fn():
-    from ..api import iter_face_features
+    """(video, pipeline=, backbone=, device=) -> per-frame (FrameFaces, features), through
+    affstream's own detect/track/align/embed steps (no head)."""
+    from ..config import PipelineConfig, load_pipeline
+    from ..pipeline import load_stages
+    from ..pipeline.offline import iter_face_features
 
-    return iter_face_features
+    def face_features(video, *, pipeline="default", backbone=None, device=None):
+        config = pipeline if isinstance(pipeline, PipelineConfig) else load_pipeline(pipeline)
+        spec = str(backbone.spec) if backbone is not None and not isinstance(backbone, str) else backbone
+        config = config.with_overrides(device=device, embed={"backbone": spec})
+        loaded = None if isinstance(backbone, str) else backbone
+        yield from iter_face_features(video, load_stages(config, backbone=loaded, with_head=False))
+
+    return face_features
 
 
 def _group_by_video(people: Iterable[PersonLabels]) -> dict[str, list[PersonLabels]]:

@@ -12,19 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..files import AtomicFile, atomic_path, atomic_write_text
 from .base import WRITER_MODES, TableWriter, check_mode
 from .columns import COLUMN_DOCS, CSV_COLUMNS, annotation_from_row, format_row, typed_row
 from .csv import CsvWriter, iter_csv, read_csv
-from .json import dumps_json_report, to_jsonable, write_json_report
+from .json import JsonWriter, dumps_json_report, to_jsonable, write_json_report
 from .jsonl import JsonlWriter, iter_jsonl, read_jsonl
 
-WRITERS: dict[str, type[TableWriter]] = {"csv": CsvWriter, "jsonl": JsonlWriter}
+WRITERS: dict[str, type[TableWriter]] = {"csv": CsvWriter, "json": JsonWriter, "jsonl": JsonlWriter}
 """Per-frame table writers by format name."""
 
 
 def get_writer(fmt: str, path: str | Path, *, mode: str = "atomic", overwrite: bool = False) -> TableWriter:
-    """Open a per-frame writer for format ``fmt`` ("csv" or "jsonl") on ``path``.
+    """Open a per-frame writer for format ``fmt`` ("csv", "json" or "jsonl") on ``path``.
 
     ``mode`` is "atomic" (publish on close) or "live" (a log written and flushed row by
     row; an existing ``path`` is refused unless ``overwrite``). ConfigError for an
@@ -41,13 +40,11 @@ __all__ = [
     "CSV_COLUMNS",
     "WRITERS",
     "WRITER_MODES",
-    "AtomicFile",
     "CsvWriter",
+    "JsonWriter",
     "JsonlWriter",
     "TableWriter",
     "annotation_from_row",
-    "atomic_path",
-    "atomic_write_text",
     "dumps_json_report",
     "format_row",
     "get_writer",

@@ -107,6 +107,9 @@ class TableWriter:
     def _write_row(self, ann: FrameAnnotation) -> None:
         raise NotImplementedError
 
+    def _finish(self) -> None:
+        """Write what follows the rows (a closing bracket); nothing by default."""
+
     @property
     def rows(self) -> int:
         """Data rows written so far (a header not counted)."""
@@ -140,6 +143,12 @@ class TableWriter:
         """Atomic: flush, fsync and rename onto ``path``. Live: flush, fsync, close. Idempotent."""
         if self._done:
             return
+        try:
+            self._finish()
+        except OSError as exc:
+            self.abort()
+            raise OutputError(f"{self.path}: cannot write ({exc.strerror or exc}); free disk space or "
+                              "choose another output path") from None
         self._done = True
         if self._atomic is not None:
             self._atomic.commit()

@@ -4,7 +4,7 @@ Format: UTF-8, ``\\n`` line endings, one header line (:data:`~.columns.CSV_COLUM
 44 columns, OpenFace names ``frame`` and ``face_id``), then one row per
 :class:`~affstream.records.FrameAnnotation` as :func:`~.columns.format_row` renders it.
 :class:`CsvWriter` publishes atomically by default or writes a live log
-(:class:`~.columns.TableWriter`). :func:`read_csv` / :func:`iter_csv` rebuild the
+(:class:`~.base.TableWriter`). :func:`read_csv` / :func:`iter_csv` rebuild the
 records from such a file, within its printed precision, and refuse any other CSV
 with a one-line :class:`~affstream.errors.DataError`.
 """
@@ -28,7 +28,7 @@ class CsvWriter(TableWriter):
 
     ``mode="atomic"`` (default): nothing appears under ``path`` until close().
     ``mode="live"``: header and rows go straight to ``path``, flushed row by row.
-    See :class:`~.columns.TableWriter` for close / abort and the context manager.
+    See :class:`~.base.TableWriter` for close / abort and the context manager.
     """
 
     format_name = "csv"

@@ -1,4 +1,7 @@
-"""The per-video JSON report (``OUT/<stem>.json``), written atomically.
+"""JSON output: the per-video JSON report (``OUT/<stem>.json``), and the per-frame
+table as one JSON array (:class:`JsonWriter`).
+
+The report is written atomically.
 
 The pipeline assembles the content (source metadata, configuration, backbone and head
 identity, counts, timings, the ``meaningful`` flag), as a mapping or as an object with
@@ -20,7 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..files import atomic_write_text
+from ..records import FrameAnnotation
+from .base import TableWriter
+from .jsonl import dumps_row
 
 
 def to_jsonable(value: Any, where: str = "report") -> Any:
@@ -76,3 +83,28 @@ def dumps_json_report(report: Mapping[str, Any] | Any) -> str:
 def write_json_report(path: str | Path, report: Mapping[str, Any] | Any) -> None:
     """Write ``report`` to ``path`` as JSON, atomically (temporary file + fsync + rename)."""
     atomic_write_text(path, dumps_json_report(report))
+
+
+class JsonWriter(TableWriter):
+    """The per-frame table as one JSON array of row objects (the JSONL records, see
+    :mod:`.jsonl`), streamed to disk (memory stays flat) and published atomically.
+
+    Atomic mode only: a half-written array is not JSON, so for a live log use JSONL.
+    """
+
+    format_name = "json"
+
+    def __init__(self, path: str | Path, *, mode: str = "atomic", overwrite: bool = False) -> None:
+        if str(mode).strip().lower() == "live":
+            raise ConfigError(f"{path}: the json format has no live mode (a cut-off array is not JSON); "
+                              "use jsonl for a live log")
+        super().__init__(path, mode=mode, overwrite=overwrite)
+
+    def _start(self) -> None:
+        self._handle.write("[")
+
+    def _write_row(self, ann: FrameAnnotation) -> None:
+        self._handle.write(("\n" if self._rows == 0 else ",\n") + dumps_row(ann))
+
+    def _finish(self) -> None:
+        self._handle.write("\n]\n" if self._rows else "]\n")

@@ -35,7 +35,7 @@ class JsonlWriter(TableWriter):
 
     ``mode="atomic"`` (default): nothing appears under ``path`` until close().
     ``mode="live"``: rows go straight to ``path``, flushed line by line.
-    See :class:`~.columns.TableWriter` for close / abort and the context manager.
+    See :class:`~.base.TableWriter` for close / abort and the context manager.
     """
 
     format_name = "jsonl"
