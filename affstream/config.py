@@ -4,9 +4,10 @@ Presets are TOML files in ``pipelines/`` (shipped in the wheel). A preset names 
 what it changes; everything else keeps the defaults below. The CLI's options override
 a preset field by field (``PipelineConfig.with_overrides``).
 
-Checking. Every option carries a :class:`_Rule` (its type and range) in its field's
-metadata, and :class:`PipelineConfig` checks all of them when it is constructed, so
-no invalid ``PipelineConfig`` can exist: :func:`load_pipeline` and
+Checking. Every option carries its check (a primitive of :mod:`affstream.validate`
+with the option's type and range bound) in its field's metadata, and
+:class:`PipelineConfig` checks all of them when it is constructed, so no invalid
+``PipelineConfig`` can exist: :func:`load_pipeline` and
 :meth:`PipelineConfig.with_overrides` (both build one) refuse a bad value before any
 model is loaded, with a one-line :class:`~affstream.errors.ConfigError` that names the
 dotted option and what it allows, e.g. ``track.iou_min must be a number in (0, 1],
@@ -18,9 +19,7 @@ test of one stage, keeps the stage's own checks).
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import numbers
+import functools
 import re
 import tomllib
 from collections.abc import Callable
@@ -30,93 +29,34 @@ from typing import Any
 
 from .errors import ConfigError
 from .files import shipped_dir
+from .validate import check_choice, check_int, check_number, check_sequence, check_str, interval, refused, show
 
-# ------------------------------------------------------------------------------- rules
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """What one option allows.
-
-    allowed: the words that complete "<option> must be ...".
-    test:    True when a value is allowed (for a tuple: when it has the right length).
-    item:    for a tuple, the rule each element must meet (named ``option[i]``).
-    """
-
-    allowed: str
-    test: Callable[[Any], bool]
-    item: _Rule | None = None
-
-    def check(self, name: str, value: Any) -> None:
-        if not self.test(value):
-            raise ConfigError(f"{name} must be {self.allowed}, got {_show(value)}")
-        if self.item is not None:
-            for i, element in enumerate(value):
-                self.item.check(f"{name}[{i}]", element)
+# ------------------------------------------------------------------------------ checks
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def _option(default: Any, check: Callable[..., Any], **limits: Any) -> Any:
+    """A dataclass field with its default and its check: a primitive of
+    :mod:`affstream.validate`, called as ``check(value, dotted_name, **limits)``."""
+    return field(default=default, metadata={_CHECK: functools.partial(check, **limits)})
 
 
-def _is_real(value: Any) -> bool:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        return False
-    return _is_int(value) or math.isfinite(value)
+def _numbers(length: int, lo: float, hi: float, *, lo_open: bool = False) -> dict[str, Any]:
+    """The limits of a tuple option (a list in TOML) of exactly ``length`` numbers, each
+    in lo..hi (see :func:`_option`)."""
+    each = interval(lo, hi, lo_open=lo_open)
+    return {
+        "item": functools.partial(check_number, lo=lo, hi=hi, lo_open=lo_open),
+        "length": length,
+        "kinds": (tuple,),
+        "allowed": f"a list of {length} numbers (a tuple in Python), each in {each}",
+    }
 
 
-def _integer(lo: int, hi: int, *, special: int | None = None, meaning: str = "") -> _Rule:
-    """An integer in lo..hi, or ``special`` (which means ``meaning``)."""
-    allowed = f"an integer in {lo}..{hi}"
-    if special is not None:
-        allowed = f"{special} ({meaning}) or {allowed}"
-    return _Rule(allowed, lambda v: _is_int(v) and (lo <= v <= hi or v == special))
-
-
-def _number(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> _Rule:
-    """A finite int or float between lo and hi; an open end excludes the bound itself."""
-    allowed = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-
-    def test(v: Any) -> bool:
-        return _is_real(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-
-    return _Rule(allowed, test)
-
-
-def _numbers(length: int, item: _Rule) -> _Rule:
-    """A tuple (a list in TOML) of exactly ``length`` values, each meeting ``item``."""
-    each = item.allowed.removeprefix("a number ")
-    allowed = f"a list of {length} numbers (a tuple in Python), each {each}"
-    return _Rule(allowed, lambda v: isinstance(v, tuple) and len(v) == length, item=item)
-
-
-def _text(allowed: str = "a string", test: Callable[[str], bool] = lambda s: True) -> _Rule:
-    """A str for which ``test`` holds."""
-    return _Rule(allowed, lambda v: isinstance(v, str) and test(v))
-
-
-def _choice(*options: str) -> _Rule:
-    """One of ``options`` (letter case ignored, as the code that reads it does)."""
-    return _text(f"one of {', '.join(options)}", lambda s: s.strip().lower() in options)
-
-
-def _option(default: Any, rule: _Rule) -> Any:
-    """A dataclass field with its default and its rule."""
-    return field(default=default, metadata={_RULE: rule})
-
-
-_RULE = "affstream.rule"
-_NONEMPTY = _text("a non-empty string", lambda s: bool(s.strip()))
+_CHECK = "affstream.check"
 _ARCH_SOURCE = re.compile(r"\s*[^:\s][^:]*:\s*\S.*")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def _show(value: Any, limit: int = 80) -> str:
-    """``value`` for an error message: strings in double quotes, always one line."""
-    text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
-    text = text.replace("\r", "\\r").replace("\n", "\\n")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+_NONBLANK = {"test": lambda s: bool(s.strip()), "allowed": "a non-empty string"}
 
 
 # ------------------------------------------------------------------------------ stages
@@ -126,7 +66,7 @@ def _show(value: Any, limit: int = 80) -> str:
 class DecodeConfig:
     """threads: PyAV codec threads for file sources (0 = let FFmpeg choose); 0..256."""
 
-    threads: int = _option(0, _integer(0, 256))
+    threads: int = _option(0, check_int, lo=0, hi=256)
 
 
 @dataclass(frozen=True)
@@ -143,13 +83,11 @@ class DetectConfig:
     min_score:      detections below this final score are dropped; [0, 1].
     """
 
-    detect_size_px: int = _option(640, _integer(32, 8192, special=0, meaning="full size"))
-    min_face_px: int = _option(40, _integer(12, 8192))
-    thresholds: tuple[float, float, float] = _option(
-        (0.6, 0.7, 0.7), _numbers(3, _number(0, 1, lo_open=True))
-    )
-    pyramid_factor: float = _option(0.709, _number(0.1, 0.95))
-    min_score: float = _option(0.9, _number(0, 1))
+    detect_size_px: int = _option(640, check_int, lo=32, hi=8192, special=0, meaning="full size")
+    min_face_px: int = _option(40, check_int, lo=12, hi=8192)
+    thresholds: tuple[float, float, float] = _option((0.6, 0.7, 0.7), check_sequence, **_numbers(3, 0, 1, lo_open=True))
+    pyramid_factor: float = _option(0.709, check_number, lo=0.1, hi=0.95)
+    min_score: float = _option(0.9, check_number, lo=0, hi=1)
 
 
 @dataclass(frozen=True)
@@ -158,8 +96,8 @@ class TrackConfig:
     max_missed_frames: frames a track survives without a matching detection before its
     id is retired; 0..100000."""
 
-    iou_min: float = _option(0.3, _number(0, 1, lo_open=True))
-    max_missed_frames: int = _option(30, _integer(0, 100_000))
+    iou_min: float = _option(0.3, check_number, lo=0, hi=1, lo_open=True)
+    max_missed_frames: int = _option(30, check_int, lo=0, hi=100_000)
 
 
 @dataclass(frozen=True)
@@ -167,7 +105,7 @@ class AlignConfig:
     """face_scale: fraction of the crop's side spanned by the canonical landmark
     template (smaller = more context around the face); (0, 1]."""
 
-    face_scale: float = _option(0.72, _number(0, 1, lo_open=True))
+    face_scale: float = _option(0.72, check_number, lo=0, hi=1, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -179,11 +117,11 @@ class EmbedConfig:
     on CUDA, fp32 on CPU), fp32, bf16 or fp16."""
 
     backbone: str = _option(
-        "ViT-L-14:openai",
-        _text("a string ARCH:SOURCE, e.g. ViT-L-14:openai", lambda s: bool(_ARCH_SOURCE.fullmatch(s))),
+        "ViT-L-14:openai", check_str,
+        test=lambda s: bool(_ARCH_SOURCE.fullmatch(s)), allowed="a string ARCH:SOURCE, e.g. ViT-L-14:openai",
     )
-    batch_size: int = _option(256, _integer(1, 65_536))
-    precision: str = _option("auto", _choice(*_PRECISIONS))
+    batch_size: int = _option(256, check_int, lo=1, hi=65_536)
+    precision: str = _option("auto", check_choice, options=_PRECISIONS, fold=True)
 
 
 @dataclass(frozen=True)
@@ -192,7 +130,7 @@ class HeadConfig:
     (``.safetensors`` with its ``.json`` card beside it); a non-empty string (whether
     the checkpoint exists is checked when it is loaded)."""
 
-    head: str = _option("zeroshot", _NONEMPTY)
+    head: str = _option("zeroshot", check_str, **_NONBLANK)
 
 
 @dataclass(frozen=True)
@@ -210,12 +148,12 @@ class ScheduleConfig:
     window_batch:        windows per head call for temporal heads; 1..65536.
     """
 
-    queue_frames: int = _option(32, _integer(1, 1024))
-    detect_batch_frames: int = _option(0, _integer(1, 1024, special=0, meaning="by device"))
-    detect_batch_cpu: int = _option(16, _integer(1, 1024))
-    detect_batch_cuda: int = _option(64, _integer(1, 1024))
-    embed_pool_frames: int = _option(256, _integer(1, 65_536))
-    window_batch: int = _option(32, _integer(1, 65_536))
+    queue_frames: int = _option(32, check_int, lo=1, hi=1024)
+    detect_batch_frames: int = _option(0, check_int, lo=1, hi=1024, special=0, meaning="by device")
+    detect_batch_cpu: int = _option(16, check_int, lo=1, hi=1024)
+    detect_batch_cuda: int = _option(64, check_int, lo=1, hi=1024)
+    embed_pool_frames: int = _option(256, check_int, lo=1, hi=65_536)
+    window_batch: int = _option(32, check_int, lo=1, hi=65_536)
 
     def detect_batch(self, device_type: str) -> int:
         """Frames per detector call on a device of type ``device_type`` ("cpu", "cuda")."""
@@ -237,10 +175,10 @@ class PipelineConfig:
     Every option is checked on construction (see the module docstring).
     """
 
-    name: str = _option("default", _text())
-    description: str = _option("", _text())
+    name: str = _option("default", check_str)
+    description: str = _option("", check_str)
     device: str = _option(
-        "auto", _text("auto, cpu, cuda or cuda:N", lambda s: bool(_DEVICE.fullmatch(s.strip().lower())))
+        "auto", check_str, test=lambda s: bool(_DEVICE.fullmatch(s.strip().lower())), allowed="auto, cpu, cuda or cuda:N"
     )
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
@@ -277,6 +215,12 @@ class PipelineConfig:
         return dataclasses.replace(self, **changes)
 
 
+_MOVED_OPTIONS = {
+    "decode.queue_frames": "schedule.queue_frames",
+    "detect.batch_frames": "schedule.detect_batch_frames",
+}
+"""Options that moved to the schedule section (affstream 0.1 presets named them here)."""
+
 _SECTIONS = {
     "decode": DecodeConfig,
     "detect": DetectConfig,
@@ -289,30 +233,33 @@ _SECTIONS = {
 
 
 def _check_fields(obj: Any, prefix: str) -> None:
-    """Check every option of ``obj`` against its rule, sections recursively."""
+    """Check every option of ``obj`` with its check, sections recursively."""
     for f in dataclasses.fields(obj):
         name = prefix + f.name
         value = getattr(obj, f.name)
         section = _SECTIONS.get(f.name) if not prefix else None
         if section is not None:
             if not isinstance(value, section):
-                raise ConfigError(f"{name} must be a {section.__name__}, got {_show(value)}")
+                raise refused(value, name, f"a {section.__name__}")
             _check_fields(value, name + ".")
         else:
-            f.metadata[_RULE].check(name, value)
+            f.metadata[_CHECK](value, name)
 
 
 def _replace_checked(current: Any, values: Any, section: str) -> Any:
     if isinstance(values, type(current)):
         return values
     if not isinstance(values, dict):
-        raise ConfigError(f"{section} must be a table of {section}.* options, got {_show(values)}")
+        raise refused(values, section, f"a table of {section}.* options")
     names = {f.name: f for f in dataclasses.fields(current)}
     clean: dict[str, Any] = {}
     for key, value in values.items():
         if value is None:
             continue
         if key not in names:
+            moved = _MOVED_OPTIONS.get(f"{section}.{key}")
+            if moved:
+                raise ConfigError(f"option '{section}.{key}' is now '{moved}'; rename it in the preset or override")
             known = ", ".join(sorted(names))
             raise ConfigError(f"unknown option '{section}.{key}' (known: {known})")
         default = getattr(current, key)
@@ -353,7 +300,7 @@ def load_pipeline(name_or_path: str | Path = "default") -> PipelineConfig:
 def _from_mapping(data: dict[str, Any], path: Path) -> PipelineConfig:
     for key, value in data.items():
         if key in _SECTIONS and not isinstance(value, dict):
-            raise ConfigError(f"{path}: [{key}] must be a table, got {key} = {_show(value)}")
+            raise ConfigError(f"{path}: [{key}] must be a table, got {key} = {show(value)}")
     try:
         return PipelineConfig(name=path.stem).with_overrides(**data)
     except ConfigError as exc:

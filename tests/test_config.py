@@ -298,3 +298,14 @@ def test_unknown_preset_and_missing_file(tmp_path):
         load_pipeline("nope")
     with pytest.raises(ConfigError, match="pipeline file not found"):
         load_pipeline(tmp_path / "missing.toml")
+
+
+def test_moved_options_say_where_they_went(tmp_path):
+    from affstream.config import PipelineConfig
+
+    with pytest.raises(ConfigError, match=r"detect\.batch_frames' is now 'schedule\.detect_batch_frames'"):
+        PipelineConfig().with_overrides(detect={"batch_frames": 16})
+    preset = tmp_path / "old.toml"
+    preset.write_text("[decode]\nqueue_frames = 8\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"old\.toml: .*schedule\.queue_frames"):
+        load_pipeline(preset)

@@ -12,10 +12,10 @@ A checkpoint is two files side by side: ``NAME.safetensors`` (the state dict) an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import math
-import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from ..errors import ConfigError, WeightsError, first_line
 from ..files import atomic_path, atomic_write_text, sha256_file
 from ..labels import AU_LABELS, EXPR_LABELS, TASKS
 from ..records import Prediction
+from ..validate import check_bool, check_choice, check_int, check_number, check_sequence, check_str, interval, refused, show
 
 CARD_VERSION = 1
 
@@ -57,47 +58,12 @@ WEIGHT_DTYPES: dict[str, int] = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64":
 
 
 # ----------------------------------------------------------------------------- field checks
-# Each takes ``where`` = "SOURCE: dotted.field" and raises a one-line ConfigError saying what
-# is allowed. They are shared by the card and the heads' dims dataclasses.
+# Fields are checked with the primitives of affstream.validate, as are the heads' dims:
+# ``where`` is the card's source, ``name`` the dotted field. Integer ranges are written as
+# intervals, ``[1, 64]``, like the numbers' ones (``brackets=True``).
 
-
-def shown(value: Any, limit: int = 40) -> str:
-    """repr of ``value`` cut to ``limit`` characters, for quoting user input in one line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def check_int(value: Any, where: str, lo: int, hi: int) -> int:
-    """``value`` as an int in [lo, hi]; bools, floats and strings are refused."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
-        raise ConfigError(f"{where} must be an integer in [{lo}, {hi}], got {shown(value)}")
-    return int(value)
-
-
-def check_number(value: Any, where: str, lo: float, hi: float, *, hi_open: bool = False) -> float:
-    """``value`` as a finite float in [lo, hi] (or [lo, hi) with ``hi_open``); ints are
-    accepted, bools, strings, NaN and infinities are not."""
-    interval = f"[{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-    number = float(value) if ok else math.nan
-    if not (math.isfinite(number) and lo <= number and (number < hi if hi_open else number <= hi)):
-        raise ConfigError(f"{where} must be a finite number in {interval}, got {shown(value)}")
-    return number
-
-
-def check_bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where} must be true or false, got {shown(value)}")
-    return value
-
-
-def check_text(value: Any, where: str, limit: int = MAX_NAME_CHARS) -> str:
-    """A non-empty, printable, single-line string of at most ``limit`` characters."""
-    if not isinstance(value, str) or not 0 < len(value) <= limit or not value.isprintable():
-        raise ConfigError(
-            f"{where} must be a non-empty printable string of at most {limit} characters, got {shown(value)}"
-        )
-    return value
+_CARD_TEXT = {"nonempty": True, "printable": True, "max_chars": MAX_NAME_CHARS}
+"""What a card's name and backbone must be: one printable line of 1..200 characters."""
 
 
 def check_param_count(count: int, source: str, hint: str) -> None:
@@ -162,7 +128,7 @@ class HeadCard:
         names = {f.name for f in fields}
         unknown = sorted(str(key) for key in data if key not in names)
         if unknown:
-            listed = ", ".join(shown(key, 30) for key in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            listed = ", ".join(show(key, 30, as_repr=True) for key in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
             raise ConfigError(f"{source}: unknown card field(s) {listed}; known: {', '.join(sorted(names))}")
         required = [f.name for f in fields
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -179,60 +145,49 @@ class HeadCard:
 
     def validate(self, source: str = "head card") -> None:
         """Check every field's type and range; a one-line ConfigError names the first bad one."""
-        at = f"{source}: "
-        check_text(self.name, at + "name")
-        kind = check_text(self.kind, at + "kind")
-        if kind not in HEAD_BUILDERS:
-            raise ConfigError(f"{at}kind: unknown head kind {shown(kind)} (known: {', '.join(sorted(HEAD_BUILDERS))})")
-        check_text(self.backbone, at + "backbone")
-        check_int(self.feature_dim, at + "feature_dim", 1, MAX_FEATURE_DIM)
+        check_str(self.name, "name", where=source, **_CARD_TEXT)
+        check_choice(self.kind, "kind", sorted(HEAD_BUILDERS), where=source)
+        check_str(self.backbone, "backbone", where=source, **_CARD_TEXT)
+        check_int(self.feature_dim, "feature_dim", 1, MAX_FEATURE_DIM, where=source, brackets=True)
         if type(self.version) is not int or self.version != CARD_VERSION:
-            raise ConfigError(f"{at}version must be {CARD_VERSION} (the card format this affstream reads), "
-                              f"got {shown(self.version)}")
-        self._validate_tasks(at)
+            raise refused(self.version, "version", f"{CARD_VERSION} (the card format this affstream reads)", where=source)
+        self._validate_tasks(source)
         for key, expected in (("expr_labels", EXPR_LABELS), ("au_labels", AU_LABELS)):
             labels = getattr(self, key)
             if not isinstance(labels, (tuple, list)) or tuple(labels) != expected:
-                raise ConfigError(f"{at}{key} must be exactly {list(expected)} (affstream's label space)")
-        thresholds = self.au_thresholds
-        if not isinstance(thresholds, (tuple, list)) or len(thresholds) != len(AU_LABELS):
-            raise ConfigError(
-                f"{at}au_thresholds must be a list of {len(AU_LABELS)} numbers in [0, 1] "
-                f"(one per AU: {', '.join(AU_LABELS)}), got {shown(thresholds)}"
-            )
-        for i, value in enumerate(thresholds):
-            check_number(value, f"{at}au_thresholds[{i}]", 0.0, 1.0)
-        self._validate_window(at)
-        check_bool(self.causal, at + "causal")
-        check_bool(self.meaningful, at + "meaningful")
+                raise ConfigError(f"{source}: {key} must be exactly {list(expected)} (affstream's label space)")
+        check_sequence(
+            self.au_thresholds, "au_thresholds", functools.partial(check_number, lo=0.0, hi=1.0),
+            length=len(AU_LABELS), where=source,
+            allowed=f"a list of {len(AU_LABELS)} numbers in {interval(0, 1)} (one per AU: {', '.join(AU_LABELS)})",
+        )
+        self._validate_window(source)
+        check_bool(self.causal, "causal", where=source)
+        check_bool(self.meaningful, "meaningful", where=source)
         for key in ("config", "metrics"):
             if not isinstance(getattr(self, key), dict):
-                raise ConfigError(f"{at}{key} must be a JSON object, got {shown(getattr(self, key))}")
+                raise refused(getattr(self, key), key, "a JSON object", where=source)
 
-    def _validate_tasks(self, at: str) -> None:
-        tasks = self.tasks
+    def _validate_tasks(self, source: str) -> None:
         allowed = f"a non-empty list of distinct task names among {', '.join(TASKS)}"
-        if not isinstance(tasks, (tuple, list)) or not 0 < len(tasks) <= len(TASKS):
-            raise ConfigError(f"{at}tasks must be {allowed}, got {shown(list(tasks) if isinstance(tasks, tuple) else tasks)}")
+        given = list(self.tasks) if isinstance(self.tasks, tuple) else self.tasks  # shown as the card's list
+        tasks = check_sequence(given, "tasks", functools.partial(check_choice, options=TASKS),
+                               length=range(1, len(TASKS) + 1), where=source, allowed=allowed)
         for i, task in enumerate(tasks):
-            if not isinstance(task, str) or task not in TASKS:
-                raise ConfigError(f"{at}tasks[{i}] must be one of {', '.join(TASKS)}, got {shown(task)}")
             if task in tasks[:i]:
-                raise ConfigError(f"{at}tasks[{i}]: {task!r} is listed twice; tasks must be {allowed}")
+                raise ConfigError(f"{source}: tasks[{i}]: {task!r} is listed twice; tasks must be {allowed}")
 
-    def _validate_window(self, at: str) -> None:
+    def _validate_window(self, source: str) -> None:
         length, stride = self.window_length, self.window_stride
         if (length is None) != (stride is None):
             raise ConfigError(
-                f"{at}{'window_stride' if stride is None else 'window_length'} is null: give both "
+                f"{source}: {'window_stride' if stride is None else 'window_length'} is null: give both "
                 "window_length and window_stride (temporal heads), or neither (per-frame heads)"
             )
         if length is not None:
-            length = check_int(length, at + "window_length", 1, MAX_WINDOW_LENGTH)
-            if isinstance(stride, (bool, np.bool_)) or not isinstance(stride, numbers.Integral) \
-                    or not 0 < stride <= length:
-                raise ConfigError(f"{at}window_stride must be an integer with 0 < window_stride <= "
-                                  f"window_length ({length}), got {shown(stride)}")
+            length = check_int(length, "window_length", 1, MAX_WINDOW_LENGTH, where=source, brackets=True)
+            check_int(stride, "window_stride", 1, length, where=source,
+                      allowed=f"an integer with 0 < window_stride <= window_length ({length})")
 
 
 @dataclass(frozen=True, eq=False)
@@ -261,6 +216,13 @@ class AffectHead(nn.Module):
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> HeadOutputs:
         raise NotImplementedError
+
+
+def state_dict_mismatch(exc: BaseException, limit: int = 300) -> str:
+    """What ``load_state_dict(strict=True)`` complained about, on one line: torch's
+    first line only names the module, the missing/unexpected keys and shapes follow."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    return (" ".join(lines[1:]) or (lines[0] if lines else type(exc).__name__))[:limit]
 
 
 def to_prediction(outputs: HeadOutputs) -> Prediction:
@@ -355,7 +317,7 @@ def check_safetensors(path: Path) -> None:
     end = 0
     for begin, stop, name in spans:
         if begin != end:
-            raise WeightsError(f"{path}: tensor {shown(name)} starts at byte {begin:,}, expected {end:,}")
+            raise WeightsError(f"{path}: tensor {show(name)} starts at byte {begin:,}, expected {end:,}")
         end = stop
     if end > MAX_WEIGHTS_BYTES:
         raise WeightsError(f"{path}: {end:,} bytes of tensors is too large for a head (at most {MAX_WEIGHTS_BYTES:,})")
@@ -366,20 +328,20 @@ def check_safetensors(path: Path) -> None:
 
 def _tensor_span(path: Path, name: str, entry: Any) -> tuple[int, int, str]:
     """(begin, end, name) of one header entry, after checking its dtype, shape and offsets."""
-    where = f"{path}: tensor {shown(name)}"
+    where = f"{path}: tensor {show(name)}"
     if not isinstance(entry, dict):
         raise WeightsError(f"{where}: header entry is not a JSON object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in WEIGHT_DTYPES:
-        raise WeightsError(f"{where}: dtype {shown(dtype)} is not one of {', '.join(WEIGHT_DTYPES)}")
+        raise WeightsError(f"{where}: dtype {show(dtype)} is not one of {', '.join(WEIGHT_DTYPES)}")
 
     def count(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 53
 
     if not isinstance(shape, list) or len(shape) > 8 or not all(map(count, shape)):
-        raise WeightsError(f"{where}: shape {shown(shape)} is not a list of at most 8 sizes")
+        raise WeightsError(f"{where}: shape {show(shape)} is not a list of at most 8 sizes")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(count, offsets)):
-        raise WeightsError(f"{where}: data_offsets {shown(offsets)} is not a [begin, end] pair")
+        raise WeightsError(f"{where}: data_offsets {show(offsets)} is not a [begin, end] pair")
     nbytes = math.prod(shape) * WEIGHT_DTYPES[dtype]
     begin, end = offsets
     if end - begin != nbytes:

@@ -21,15 +21,8 @@ from torch import nn
 
 from ..errors import ConfigError, WeightsError
 from ..labels import TASK_WIDTHS
-from .base import (
-    MAX_FEATURE_DIM,
-    AffectHead,
-    HeadCard,
-    HeadOutputs,
-    check_int,
-    check_number,
-    check_param_count,
-)
+from ..validate import check_int, check_number
+from .base import MAX_FEATURE_DIM, AffectHead, HeadCard, HeadOutputs, check_param_count, state_dict_mismatch
 
 KIND = "mlp"
 DEFAULT_WIDTH = 768
@@ -39,13 +32,14 @@ MAX_WIDTH = 16384
 MAX_HIDDEN_LAYERS = 64
 
 
-def _checked(values: dict[str, Any], at: str) -> dict[str, Any]:
-    """The three dims fields of ``values``, type- and range-checked; ``at`` prefixes the
-    field name in errors ("CARD: config.")."""
+def _checked(values: dict[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
+    """The three dims fields of ``values``, type- and range-checked; errors start with
+    ``where`` (the card's source) and name the field after ``prefix`` ("config.")."""
     return {
-        "width": check_int(values["width"], at + "width", 1, MAX_WIDTH),
-        "dropout": check_number(values["dropout"], at + "dropout", 0.0, 1.0, hi_open=True),
-        "hidden_layers": check_int(values["hidden_layers"], at + "hidden_layers", 1, MAX_HIDDEN_LAYERS),
+        "width": check_int(values["width"], prefix + "width", 1, MAX_WIDTH, where=where, brackets=True),
+        "dropout": check_number(values["dropout"], prefix + "dropout", 0.0, 1.0, where=where, hi_open=True),
+        "hidden_layers": check_int(values["hidden_layers"], prefix + "hidden_layers", 1, MAX_HIDDEN_LAYERS,
+                                   where=where, brackets=True),
     }
 
 
@@ -65,7 +59,7 @@ class MLPDims:
     hidden_layers: int = DEFAULT_HIDDEN_LAYERS
 
     def __post_init__(self) -> None:
-        for key, value in _checked(dataclasses.asdict(self), "MLPDims: ").items():
+        for key, value in _checked(dataclasses.asdict(self), "MLPDims").items():
             object.__setattr__(self, key, value)
 
     @classmethod
@@ -76,7 +70,7 @@ class MLPDims:
         if not isinstance(config, dict):
             raise ConfigError(f"{source}: config must be a JSON object")
         values = {f.name: config.get(f.name, f.default) for f in dataclasses.fields(cls)}
-        return cls(**_checked(values, f"{source}: config."))
+        return cls(**_checked(values, source, "config."))
 
     def to_config(self) -> dict[str, Any]:
         """The card ``config`` entries for these dims."""
@@ -133,7 +127,7 @@ class MLPHead(AffectHead):
             name=name,
             kind=KIND,
             backbone=backbone,
-            feature_dim=check_int(feature_dim, f"{source}: feature_dim", 1, MAX_FEATURE_DIM),
+            feature_dim=check_int(feature_dim, "feature_dim", 1, MAX_FEATURE_DIM, where=source, brackets=True),
             tasks=tuple(tasks),
             window_length=None,
             window_stride=None,
@@ -212,7 +206,6 @@ def build_from_card(card: HeadCard, state: dict[str, torch.Tensor], *, source: s
     try:
         head.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:300]
-        raise WeightsError(f"{source}: weights do not match its card ({detail})") from None
+        raise WeightsError(f"{source}: weights do not match its card ({state_dict_mismatch(exc)})") from None
     head.card = card
     return head

@@ -21,6 +21,7 @@ positions whatever T is.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,17 +34,8 @@ from torch.nn import functional as F
 from ..errors import ConfigError, WeightsError
 from ..labels import TASK_WIDTHS
 from ..temporal.windows import DEFAULT_WINDOW_LENGTH, DEFAULT_WINDOW_STRIDE
-from .base import (
-    MAX_FEATURE_DIM,
-    MAX_WINDOW_LENGTH,
-    AffectHead,
-    HeadCard,
-    HeadOutputs,
-    check_int,
-    check_number,
-    check_param_count,
-    shown,
-)
+from ..validate import check_choice, check_int, check_number, check_sequence, refused
+from .base import MAX_FEATURE_DIM, MAX_WINDOW_LENGTH, AffectHead, HeadCard, HeadOutputs, check_param_count, state_dict_mismatch
 
 KIND = "temporal"
 POSITIONAL_ENCODING = "sinusoidal"
@@ -55,28 +47,29 @@ MAX_DILATION = 1024
 MAX_TCN_BLOCKS = 16
 
 
-def _checked(values: dict[str, Any], at: str) -> dict[str, Any]:
-    """The dims fields of ``values``, type- and range-checked; ``at`` prefixes the field
-    name in errors ("CARD: config.")."""
-    dilations = values["tcn_dilations"]
-    if not isinstance(dilations, (list, tuple)) or len(dilations) > MAX_TCN_BLOCKS:
-        raise ConfigError(
-            f"{at}tcn_dilations must be a list of at most {MAX_TCN_BLOCKS} integers in "
-            f"[1, {MAX_DILATION}], got {shown(dilations)}"
-        )
+def _checked(values: dict[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
+    """The dims fields of ``values``, type- and range-checked; errors start with ``where``
+    (the card's source) and name the field after ``prefix`` ("config.")."""
+
+    def integer(key: str, lo: int, hi: int) -> int:
+        return check_int(values[key], prefix + key, lo, hi, where=where, brackets=True)
+
     checked = {
-        "d_model": check_int(values["d_model"], at + "d_model", 2, MAX_D_MODEL),
-        "tcn_dilations": tuple(
-            check_int(d, f"{at}tcn_dilations[{i}]", 1, MAX_DILATION) for i, d in enumerate(dilations)
+        "d_model": integer("d_model", 2, MAX_D_MODEL),
+        "tcn_dilations": check_sequence(
+            values["tcn_dilations"], prefix + "tcn_dilations",
+            functools.partial(check_int, lo=1, hi=MAX_DILATION, brackets=True),
+            length=range(MAX_TCN_BLOCKS + 1), where=where,
+            allowed=f"a list of at most {MAX_TCN_BLOCKS} integers in [1, {MAX_DILATION}]",
         ),
-        "kernel_size": check_int(values["kernel_size"], at + "kernel_size", 1, MAX_KERNEL_SIZE),
-        "n_layers": check_int(values["n_layers"], at + "n_layers", 1, MAX_LAYERS),
-        "n_heads": check_int(values["n_heads"], at + "n_heads", 1, MAX_HEADS),
-        "dropout": check_number(values["dropout"], at + "dropout", 0.0, 1.0, hi_open=True),
+        "kernel_size": integer("kernel_size", 1, MAX_KERNEL_SIZE),
+        "n_layers": integer("n_layers", 1, MAX_LAYERS),
+        "n_heads": integer("n_heads", 1, MAX_HEADS),
+        "dropout": check_number(values["dropout"], prefix + "dropout", 0.0, 1.0, where=where, hi_open=True),
     }
     d_model, n_heads = checked["d_model"], checked["n_heads"]
     if d_model % 2 or d_model % n_heads:
-        raise ConfigError(f"{at}d_model must be even and divisible by n_heads ({n_heads}), got {d_model}")
+        raise refused(d_model, prefix + "d_model", f"even and divisible by n_heads ({n_heads})", where=where)
     return checked
 
 
@@ -104,7 +97,7 @@ class TemporalDims:
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key, value in _checked(values, "TemporalDims: ").items():
+        for key, value in _checked(values, "TemporalDims").items():
             object.__setattr__(self, key, value)
 
     @classmethod
@@ -120,11 +113,9 @@ class TemporalDims:
         if missing:
             raise ConfigError(f"{source}: config.{missing[0]} is missing (a temporal card's config "
                               f"needs {', '.join(names)})")
-        encoding = config.get("positional_encoding", POSITIONAL_ENCODING)
-        if encoding != POSITIONAL_ENCODING:
-            raise ConfigError(f"{source}: config.positional_encoding must be {POSITIONAL_ENCODING!r}, "
-                              f"got {shown(encoding)}")
-        return cls(**_checked(config, f"{source}: config."))
+        check_choice(config.get("positional_encoding", POSITIONAL_ENCODING), "config.positional_encoding",
+                     (POSITIONAL_ENCODING,), where=source)
+        return cls(**_checked(config, source, "config."))
 
     def to_config(self) -> dict[str, Any]:
         """The card ``config`` entries for these dims (dilations as a JSON list)."""
@@ -230,10 +221,10 @@ class TemporalHead(AffectHead):
             name=name,
             kind=KIND,
             backbone=backbone,
-            feature_dim=check_int(feature_dim, f"{source}: feature_dim", 1, MAX_FEATURE_DIM),
+            feature_dim=check_int(feature_dim, "feature_dim", 1, MAX_FEATURE_DIM, where=source, brackets=True),
             tasks=tuple(tasks),
-            window_length=check_int(window_length, f"{source}: window_length", 1, MAX_WINDOW_LENGTH),
-            window_stride=check_int(window_stride, f"{source}: window_stride", 1, MAX_WINDOW_LENGTH),
+            window_length=check_int(window_length, "window_length", 1, MAX_WINDOW_LENGTH, where=source, brackets=True),
+            window_stride=check_int(window_stride, "window_stride", 1, MAX_WINDOW_LENGTH, where=source, brackets=True),
             causal=causal,
             meaningful=meaningful,
             config=dims.to_config(),
@@ -348,7 +339,6 @@ def build_from_card(card: HeadCard, state: dict[str, torch.Tensor], *, source: s
     try:
         head.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise WeightsError(f"{source}: weights do not match its card ({first})") from None
+        raise WeightsError(f"{source}: weights do not match its card ({state_dict_mismatch(exc)})") from None
     head.card = card
     return head

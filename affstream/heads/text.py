@@ -18,7 +18,6 @@ Class embeddings are cached per backbone under ``cache_dir()/text``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, OutputError, WeightsError, first_line
-from ..files import atomic_path
+from ..files import atomic_path, sha256_bytes
 from ..labels import AU_LABELS, EXPR_LABELS
 from .base import AffectHead, HeadCard, HeadOutputs
 from .circumplex import circumplex_coords, va_from_probs
@@ -108,7 +107,7 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return data, hashlib.sha256(raw).hexdigest()
+    return data, sha256_bytes(raw)
 
 
 def _templates(data: dict[str, Any], path: Path) -> tuple[str, ...]:
@@ -241,7 +240,7 @@ def _cache_path(backbone: Backbone, key: dict[str, Any]) -> Path:
     spec = backbone.spec
     source = Path(spec.source).stem if spec.kind == "file" else spec.source
     safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{spec.arch}-{source}")[:80]
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    digest = sha256_bytes(json.dumps(key, sort_keys=True).encode("utf-8"))[:16]
     return cache_dir() / "text" / f"{safe_name}-{digest}.safetensors"
 
 
