@@ -83,15 +83,17 @@ def annotate(
     return AnnotationRun(source, _stages_for(options, stages), on_frame=on_frame)
 
 
-def annotate_to_files(source: str | Path, out_dir: str | Path, **options: Any) -> InputResult:
+def annotate_to_files(source: str | Path, out_dir: str | Path, *, overwrite: bool = False,
+                      **options: Any) -> InputResult:
     """Annotate ``source`` into ``OUT/<stem>.csv`` and ``OUT/<stem>.json``.
 
-    Both files appear under their final names only when complete. Options are those
-    of :func:`annotate`. Raises the run's error (it is one input, not a batch).
+    Both files appear under their final names only when complete; an existing file
+    affstream did not write is replaced only with ``overwrite``. Options are those of
+    :func:`annotate`. Raises the run's error (it is one input, not a batch).
     """
     from .pipeline.offline import write_run
 
-    return write_run(annotate(source, **options), out_dir)
+    return write_run(annotate(source, **options), out_dir, overwrite=overwrite)
 
 
 def annotate_inputs(
@@ -105,6 +107,7 @@ def annotate_inputs(
     batch_size: int | None = None,
     stages: Stages | None = None,
     observer: InputObserver | None = None,
+    overwrite: bool = False,
 ) -> list[InputResult]:
     """Annotate many inputs into ``out_dir``: one failing input does not stop the others.
 
@@ -115,9 +118,9 @@ def annotate_inputs(
 
     if stages is not None:
         _stages_for(dict(pipeline=pipeline, backbone=backbone, head=head, device=device, batch_size=batch_size), stages)
-        return run_inputs(inputs, out_dir, stages=stages, observer=observer)
+        return run_inputs(inputs, out_dir, stages=stages, observer=observer, overwrite=overwrite)
     config = resolve_config(pipeline, backbone=backbone, head=head, device=device, batch_size=batch_size)
-    return run_inputs(inputs, out_dir, config=config, observer=observer)
+    return run_inputs(inputs, out_dir, config=config, observer=observer, overwrite=overwrite)
 
 
 def iter_face_features(

@@ -64,9 +64,16 @@ _NONBLANK = {"test": lambda s: bool(s.strip()), "allowed": "a non-empty string"}
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """threads: PyAV codec threads for file sources (0 = let FFmpeg choose); 0..256."""
+    """threads:      PyAV codec threads for file sources (0 = let FFmpeg choose); 0..256.
+    video_stream: which video stream of a file to annotate: -1 = the best one (the stream
+                  marked default, else the largest width x height, ties the lowest index,
+                  never cover art), else an index among the file's video streams
+                  (ffprobe's ``v:N``); -1 or 0..1023. A file without that stream fails
+                  with a line saying how many it has.
+    """
 
     threads: int = _option(0, check_int, lo=0, hi=256)
+    video_stream: int = _option(-1, check_int, lo=0, hi=1023, special=-1, meaning="the best video stream")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,9 @@ class VideoInfo:
     ``width`` / ``height`` are the *upright* display size in pixels, i.e. after the
     container's rotation has been applied. ``frame_count`` and ``duration_s`` are the
     container's declared values (``None`` when it does not say); the decoded count is
-    reported separately in :class:`DecodeStats`.
+    reported separately in :class:`DecodeStats`. ``stream_index`` is the video stream that
+    was read, as an index among the file's ``video_streams`` video streams (ffprobe's
+    ``v:N``; cover pictures count).
     """
 
     path: str
@@ -51,6 +53,8 @@ class VideoInfo:
     frame_count: int | None
     duration_s: float | None
     time_base: str  # e.g. "1/15360", as a string to stay JSON-friendly
+    stream_index: int = 0  # the video stream read, 0-based among the file's video streams
+    video_streams: int = 1  # how many video streams the file has
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +67,8 @@ class VideoInfo:
             "frame_count": self.frame_count,
             "duration_s": self.duration_s,
             "time_base": self.time_base,
+            "stream_index": self.stream_index,
+            "video_streams": self.video_streams,
         }
 
 

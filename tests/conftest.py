@@ -87,7 +87,7 @@ def rotated_clip(media_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def truncated_clip(media_dir: Path) -> Path:
-    """60-frame MP4 (index first) cut off at half its bytes: decodes about 27 frames."""
+    """60-frame MP4 (index first) cut off at half its bytes: decodes 29 frames (FFmpeg's own count)."""
     return media.write_truncated_clip(media_dir / "truncated.mp4", frames=60)
 
 

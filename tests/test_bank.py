@@ -216,3 +216,105 @@ def test_synthetic_bank_is_deterministic_and_temporally_smooth(tmp_path):
                                                smooth=False, unannotated_frac=0))
     expr = rough.labels(rough.split("Train_Set")[0]).expr
     assert np.count_nonzero(np.diff(expr)) > 50
+
+
+# --------------------------------------------------------------------------- index validation
+
+_BAD_INDEX = [
+    # (change to the index, dotted field named, words of the problem)
+    (lambda i: i["people"]["v"].update(n_frames="4"), "people.v.n_frames", "integer >= 0, got '4' (a string)"),
+    (lambda i: i["people"]["v"].update(n_frames=-1), "people.v.n_frames", "integer >= 0, got -1"),
+    (lambda i: i["people"]["v"].update(n_frames=4.0), "people.v.n_frames", "got 4.0 (a number)"),
+    (lambda i: i["people"]["v"].update(n_frames=True), "people.v.n_frames", "(a boolean)"),
+    (lambda i: i["people"]["v"].update(n_missing=5), "people.v.n_missing", "from 0 to n_frames (4)"),
+    (lambda i: i["people"]["v"].update(n_missing=None), "people.v.n_missing", "got None (null)"),
+    (lambda i: i["people"]["v"].update(split="Test"), "people.v.split", "Train_Set, Validation_Set, Test_Set"),
+    (lambda i: i["people"]["v"].update(split=["Train_Set"]), "people.v.split", "(a list)"),
+    (lambda i: i["people"]["v"].update(video=7), "people.v.video", "non-empty string"),
+    (lambda i: i["people"]["v"].update(file="../../../etc/passwd"), "people.v.file", "must be 'people/v.npy'"),
+    (lambda i: i["people"]["v"].update(file="/abs/v.npy"), "people.v.file", "must be 'people/v.npy'"),
+    (lambda i: i["people"]["v"].update(n_frames_source="guess"), "people.v.n_frames_source", "video, crops"),
+    (lambda i: i["people"]["v"].pop("split"), "people.v.split", "is missing"),
+    (lambda i: i["people"].update(v=[1, 2]), "people.v", "must be an object"),
+    (lambda i: i["people"].update({"../x": i["people"]["v"]}), "people.../x", "path separator"),
+    (lambda i: i.update(people=[]), "people", "must be an object"),
+    (lambda i: i.update(feature_dim="8"), "feature_dim", "integer from 1 to"),
+    (lambda i: i.update(feature_dim=True), "feature_dim", "(a boolean)"),
+    (lambda i: i.update(version="1"), "version", "'1' (a string) is not supported"),
+    (lambda i: i.update(version=True), "version", "True (a boolean) is not supported"),
+    (lambda i: i.update(dtype=["float16"]), "dtype", "float16, float32"),
+    (lambda i: i.update(source=None), "source", "crops, videos"),
+    (lambda i: i.update(backbone=""), "backbone", "non-empty string"),
+    (lambda i: i.update(backbone_sha256=12), "backbone_sha256", "sha256 hex digest"),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "words"), _BAD_INDEX, ids=[b[1] + f"-{k}" for k, b in enumerate(_BAD_INDEX)])
+def test_index_is_validated_field_by_field(tmp_path, change, field, words):
+    _writer(tmp_path).add(_person("v", 4), _features(4), np.ones(4, dtype=bool))
+    index_path = tmp_path / "index.json"
+    index = json.loads(index_path.read_text())
+    change(index)
+    index_path.write_text(json.dumps(index))
+    for opening in (lambda: FeatureBank.open(tmp_path), lambda: _writer(tmp_path)):
+        with pytest.raises(DataError) as info:
+            opening()
+        message = str(info.value)
+        assert "\n" not in message
+        assert message.startswith(f"{index_path}: {field} ") and words in message, message
+        assert message.endswith("rebuild the bank with 'affstream features'")
+
+
+def test_string_frame_count_no_longer_gives_a_self_contradicting_message(tmp_path):
+    _writer(tmp_path).add(_person("v", 4), _features(4), np.ones(4, dtype=bool))
+    index = json.loads((tmp_path / "index.json").read_text())
+    index["people"]["v"]["n_frames"] = "4"
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match=r"people\.v\.n_frames must be an integer >= 0, got '4' \(a string\)"):
+        FeatureBank.open(tmp_path)
+
+
+def test_index_that_is_not_json_is_one_line(tmp_path):
+    _writer(tmp_path)
+    (tmp_path / "index.json").write_text("[" * 100_000)  # nesting deep enough for a RecursionError
+    with pytest.raises(DataError, match="unreadable feature bank index") as info:
+        FeatureBank.open(tmp_path)
+    assert "\n" not in str(info.value)
+    (tmp_path / "index.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(DataError, match="unreadable feature bank index"):
+        FeatureBank.open(tmp_path)
+
+
+def test_valid_index_with_a_test_person_and_a_sha(tmp_path):
+    writer = _writer(tmp_path, backbone_sha256="ab" * 32)
+    test = PersonLabels(name="t", video="t", split="Test_Set", n_frames=3, expr=None, au=None, va=None)
+    writer.add(test, _features(3), np.ones(3, dtype=bool), {"n_frames_source": "crops"})
+    bank = FeatureBank.open(tmp_path)
+    assert bank.split("Test_Set") == ["t"] and bank.backbone_sha256 == "ab" * 32
+
+
+def test_a_person_that_cannot_be_written_leaves_no_file(tmp_path):
+    from affstream.errors import OutputError
+
+    writer = _writer(tmp_path)
+    writer.add(_person("done", 4), _features(4), np.ones(4, dtype=bool))
+    (tmp_path / person_files("v")[2]).mkdir()  # the third file cannot be created
+    with pytest.raises(OutputError, match=r"v\.labels\.npz"):
+        writer.add(_person("v", 4), _features(4), np.ones(4, dtype=bool))
+    people = sorted(p.name for p in (tmp_path / "people").iterdir())
+    assert people == ["done.labels.npz", "done.npy", "done.present.npy", "v.labels.npz"]
+    assert list(FeatureBank.open(tmp_path).people) == ["done"]
+
+
+def test_writer_refuses_an_unwritable_folder(tmp_path):
+    from affstream.errors import OutputError
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(OutputError, match=r"afile/bank: cannot create this folder, '.*afile' is a file"):
+        _writer(afile / "bank")
+    (tmp_path / "bank").mkdir()
+    (tmp_path / "bank" / "people").write_text("x")
+    with pytest.raises(OutputError, match=r"people: exists and is not a folder"):
+        _writer(tmp_path / "bank")
+    assert not (tmp_path / "bank" / "index.json").exists()

@@ -124,14 +124,19 @@ def test_unusable_output_directory_exits_2(single_face_jpg, tmp_path):
     one_line_error(result, "afile")
 
 
-def test_unusable_cache_directory_exits_2(single_face_jpg, tmp_path, monkeypatch):
+def test_unusable_cache_directory_warns_once_and_runs_without_cache(single_face_jpg, tmp_path, monkeypatch):
     blocker = tmp_path / "cachefile"
     blocker.write_text("x")
     monkeypatch.setenv("AFFSTREAM_CACHE", str(blocker / "cache"))
-    result = run_cli("annotate", str(single_face_jpg), "-o", str(tmp_path / "out"), "--pipeline", "smoke", "--device", "cpu")
-    assert result.exit_code == 2
-    line = one_line_error(result, "cachefile")
-    assert "AFFSTREAM_CACHE" in line
+    monkeypatch.setenv("COLUMNS", "1000")  # the log handler wraps at the console width
+    out = tmp_path / "out"
+    result = run_cli("annotate", str(single_face_jpg), "-o", str(out), "--pipeline", "smoke", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "single_face.csv").is_file() and (out / "single_face.json").is_file()
+    warned = [line for line in result.stderr.splitlines() if "cachefile" in line]
+    assert len(warned) == 1 and "AFFSTREAM_CACHE" in warned[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert blocker.read_text() == "x"
 
 
 def test_all_inputs_missing_exits_1_without_loading_models(tmp_path, monkeypatch):
@@ -176,3 +181,46 @@ def test_bad_device_or_head_exits_2_before_models_load(single_face_jpg, tmp_path
                          option, value)
         assert result.exit_code == 2, result.stderr
         assert words in one_line_error(result, value.split("/")[-1])
+
+
+def test_foreign_file_under_an_output_name_needs_overwrite(single_face_jpg, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "single_face.csv").write_text("my,own,notes\n1,2,3\n", encoding="utf-8")
+    args = ("annotate", str(single_face_jpg), "-o", str(out), "--pipeline", "smoke", "--device", "cpu")
+    refused = run_cli(*args)
+    assert refused.exit_code == 2
+    assert "overwrite" in one_line_error(refused, "single_face.csv")
+    assert (out / "single_face.csv").read_text(encoding="utf-8").startswith("my,own,notes")
+    replaced = run_cli(*args, "--overwrite")
+    assert replaced.exit_code == 0, replaced.stderr
+    assert (out / "single_face.csv").read_text(encoding="utf-8").startswith("frame,timestamp,face_id")
+    again = run_cli(*args)  # affstream's own outputs are replaced without --overwrite
+    assert again.exit_code == 0, again.stderr
+
+
+def test_an_input_named_like_its_report_is_never_overwritten(single_face_jpg, tmp_path):
+    clip = tmp_path / "clip.json"
+    clip.write_bytes(single_face_jpg.read_bytes())
+    result = run_cli("annotate", str(clip), "-o", str(tmp_path), "--pipeline", "smoke", "--overwrite")
+    assert result.exit_code == 2
+    one_line_error(result, "clip.json")
+    assert clip.read_bytes() == single_face_jpg.read_bytes()
+
+
+def test_special_files_fail_on_their_own_without_blocking(single_face_jpg, tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    loop = tmp_path / "loop.mp4"
+    loop.symlink_to(loop)
+    result = run_cli("annotate", str(fifo), str(loop), str(single_face_jpg), "-o", str(tmp_path / "out"),
+                     "--pipeline", "smoke", "--device", "cpu")
+    assert result.exit_code == 1
+    one_line_error(result, "pipe.mp4")
+    errors = {name: line for line in result.stderr.splitlines() if line.startswith("error:")
+              for name in ("pipe.mp4", "loop.mp4") if name in line}
+    assert "FIFO" in errors["pipe.mp4"] and "symbolic link loop" in errors["loop.mp4"]
+    assert "no such file" not in result.stderr
+    assert (tmp_path / "out" / "single_face.csv").is_file()

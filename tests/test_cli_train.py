@@ -123,3 +123,45 @@ def test_features_command_builds_a_bank(tmp_path):
     bad = CliRunner().invoke(main, ["features", str(tmp_path / "no_root"), "-o", str(tmp_path / "f2"),
                                     "--backbone", "affstream-tiny:random", "--device", "cpu"])
     assert bad.exit_code == 2 and "no_root" in _error_line(bad)
+
+
+def test_features_command_keeps_going_past_a_decompression_bomb(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    root = make_affwild_root(tmp_path / "root", n_people=3, frames=10, seed=1)
+    manifest = read_manifest(root)
+    name = sorted(manifest)[0]
+    frame = next(k for k in range(1, 11) if k not in manifest[name]["deleted"])
+    bomb = root / "cropped_aligned" / name / f"{frame:05d}.jpg"
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    out = tmp_path / "features"
+    result = CliRunner().invoke(main, ["features", str(root), "-o", str(out), "--backbone", "affstream-tiny:random",
+                                       "--device", "cpu", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "3 people written" in result.stderr
+    unwrapped = "".join(result.stderr.split())  # the log handler wraps long lines
+    assert f"{bomb}:unreadablecrop(itsheaderdeclares30000x30000pixels" in unwrapped
+    assert f"1 crop(s) could not be used and are missing frames (see the warnings above): {name} (1)" in result.stderr
+    assert not FeatureBank.open(out).present(name)[frame - 1]
+
+
+def test_a_bank_index_with_a_string_frame_count_is_one_line(bank_path, tmp_path):
+    import shutil
+
+    bank = tmp_path / "bank"
+    shutil.copytree(bank_path, bank)
+    index = json.loads((bank / "index.json").read_text())
+    name = sorted(index["people"])[0]
+    index["people"][name]["n_frames"] = str(index["people"][name]["n_frames"])
+    (bank / "index.json").write_text(json.dumps(index))
+    result = CliRunner().invoke(main, ["train", "--features", str(bank), "--task", "expr", "-o", str(tmp_path / "h"),
+                                       "--device", "cpu"])
+    assert result.exit_code == 2
+    line = _error_line(result)
+    assert f"{bank / 'index.json'}: people.{name}.n_frames must be an integer >= 0" in line
+    assert not (tmp_path / "h.safetensors").exists()

@@ -23,6 +23,7 @@ TABLE: dict[str, tuple[list, list, list]] = {
     "description": ([1.5, True], [], ["", "long text"]),
     "device": ([0, True, ["cpu"]], ["gpu", "cuda:", "cuda:x", "cpu:0", "", "mps"],
                ["auto", "cpu", "cuda", "cuda:0", "cuda:7", "CUDA:1"]),
+    "decode.video_stream": (["0", 0.0, True], [-2, 1024], [-1, 0, 1023]),
     "decode.threads": (["2", 2.0, True], [-1, 257], [0, 256]),
     "detect.detect_size_px": (["640", 640.0, False], [-1, 1, 31, 8193], [0, 32, 8192]),
     "detect.min_face_px": (["40", 40.5, True], [0, 11, 8193], [12, 8192]),

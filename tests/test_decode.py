@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import av
 import media
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
 from affstream.errors import ConfigError, SourceError
-from affstream.io import decode, iter_frames, probe
+from affstream.io import count_frames, decode, iter_frames, probe
+from affstream.io.sources import SourceSettings, VideoSource
 from affstream.records import DecodeStats, Frame
 
 
@@ -198,11 +203,159 @@ def test_truncated_clip_yields_the_frames_before_the_cut(truncated_clip):
     frames, stats = decode_all(truncated_clip)
     assert 0 < len(frames) < 60
     assert stats.frames == len(frames)
-    # what was delivered is right: consecutive frames from the first
-    assert [media.read_frame_number(frame.image) for frame in frames] == list(range(len(frames)))
+    # exactly FFmpeg's own frames (no frame threading), in order, at the same times: the
+    # frames before the cut, then the B-frames FFmpeg still decodes around the cut packet
+    reference = media.reference_decode(truncated_clip)
+    assert len(frames) == len(reference)
+    numbers = [media.read_frame_number(frame.image) for frame in frames]
+    assert numbers == [media.read_frame_number(image) for _, image in reference]
+    assert numbers == sorted(set(numbers)) and numbers[:20] == list(range(20))
+    np.testing.assert_allclose(times_of(frames), [t for t, _ in reference], atol=1e-9)
     assert stats.errors >= 1
     assert any("cut off" in message for message in stats.error_messages)
     assert probe(truncated_clip).frame_count == 60
+
+
+@pytest.mark.parametrize("keep_fraction", [0.5, 0.95])
+def test_cut_faststart_clip_keeps_the_frames_in_flight(tmp_path, keep_fraction):
+    """A faststart MP4 cut inside a packet: FFmpeg's frame threads drop the frames still
+    in flight (the B-frame reorder delay); the tail is re-decoded without them, so the
+    count is FFmpeg's own (``ffprobe -count_frames``: 35 and 68 for these cuts)."""
+    path = media.write_truncated_clip(tmp_path / "cut.mp4", frames=72, keep_fraction=keep_fraction)
+    reference = media.reference_decode(path)
+    assert len(reference) == {0.5: 35, 0.95: 68}[keep_fraction]
+    frames, stats = decode_all(path)
+    assert len(frames) == len(reference) == count_frames(path)
+    assert [media.read_frame_number(f.image) for f in frames] == \
+        [media.read_frame_number(image) for _, image in reference]
+    np.testing.assert_allclose(times_of(frames), [t for t, _ in reference], atol=1e-9)
+    assert [f.frame_index for f in frames] == list(range(1, len(frames) + 1))
+    # the packet cut in the middle is the one error besides the cut itself
+    assert stats.errors == 2 and any("cut off" in m for m in stats.error_messages)
+    # frame threading alone loses the frames in flight (what the re-decoded tail restores)
+    lossy = VideoSource(path, SourceSettings(redecode_tail=False)).count()
+    assert lossy < len(reference)
+
+
+def test_complete_files_are_decoded_once(cfr_clip, wolfgang_mp4, monkeypatch):
+    """The tail is re-decoded only when frames are missing: never for a complete file."""
+    opened: list[str] = []
+    real_open = decode.av.open
+    monkeypatch.setattr(decode.av, "open", lambda name, *a, **k: opened.append(name) or real_open(name, *a, **k))
+    assert count_frames(cfr_clip) == 30 and count_frames(wolfgang_mp4) == 472
+    assert opened == [str(cfr_clip), str(wolfgang_mp4)]
+
+
+def _decode_in_subprocess(path: Path, timeout: float = 60) -> dict:
+    """Probe and decode ``path`` in a fresh interpreter (a native crash must fail the
+    test, not kill pytest); the child's summary as a dict."""
+    code = (
+        "import json, sys\n"
+        "from affstream.io import iter_frames, probe\n"
+        "from affstream.records import DecodeStats\n"
+        "stats = DecodeStats()\n"
+        "frames = list(iter_frames(sys.argv[1], stats=stats))\n"
+        "info = probe(sys.argv[1])\n"
+        "print(json.dumps({'frames': len(frames), 'shape': list(frames[0].image.shape),\n"
+        "                  'times': [f.time_s for f in frames], 'rotation': info.rotation_deg,\n"
+        "                  'codec': info.codec, 'errors': stats.errors}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, f"decoding {path.name} exited with {done.returncode}: {done.stderr[-800:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("kind", ["png", "png_exif6", "jpg_exif6", "png_mov", "png_avi"])
+def test_icc_profile_does_not_crash(tmp_path, kind):
+    """PyAV 18.1 crashes (SIGSEGV) once the side data of a PNG frame holding an ICC
+    profile has been listed; the orientation is read without listing it."""
+    makers = {
+        "png": lambda p: media.write_image(p.with_suffix(".png"), icc=True),
+        "png_exif6": lambda p: media.write_image(p.with_suffix(".png"), icc=True, exif_orientation=6),
+        "jpg_exif6": lambda p: media.write_image(p.with_suffix(".jpg"), icc=True, exif_orientation=6),
+        "png_mov": lambda p: media.write_png_video(p.with_suffix(".mov"), frames=5),
+        "png_avi": lambda p: media.write_png_video(p.with_suffix(".avi"), frames=5),
+    }
+    path = makers[kind](tmp_path / f"icc_{kind}")
+    summary = _decode_in_subprocess(path)
+    video = kind.endswith(("mov", "avi"))
+    assert summary["frames"] == (5 if video else 1) and summary["errors"] == 0
+    assert summary["codec"] == ("mjpeg" if kind.startswith("jpg") else "png")
+    upright = (media.WIDTH, media.HEIGHT) if "exif6" in kind else (media.HEIGHT, media.WIDTH)
+    assert tuple(summary["shape"]) == (*upright, 3)
+    assert summary["rotation"] == (90 if "exif6" in kind else 0)
+    np.testing.assert_allclose(summary["times"], np.arange(summary["frames"]) / 10.0, atol=1e-9)
+
+
+def test_png_exif_mirror_is_applied(tmp_path):
+    """A PNG's orientation (no side data listed) still mirrors: EXIF 2 = mirror only."""
+    path = media.write_image(tmp_path / "mirror.png", icc=False, exif_orientation=2)
+    frames, _ = decode_all(path)
+    expected = media.pattern_frame(3, marker=True)[:, ::-1]
+    assert mean_abs_diff(frames[0].image, expected) < 1.0
+
+
+# ------------------------------------------------------------------- video streams
+
+
+def test_best_video_stream_is_chosen_by_the_documented_rule(tmp_path):
+    # Matroska without default flags: the largest (320x240, stream 1; 5 frames)
+    plain = media.write_multi_stream_clip(tmp_path / "two.mkv", default=None)
+    with av.open(str(plain)) as container:
+        for stream in container.streams.video:
+            assert not stream.disposition & av.stream.Disposition.default
+    info = probe(plain)
+    assert (info.width, info.height, info.stream_index, info.video_streams) == (320, 240, 1, 2)
+    assert count_frames(plain) == 5
+    # the default disposition wins over size
+    marked = media.write_multi_stream_clip(tmp_path / "two_default.mkv", default=0)
+    info = probe(marked)
+    assert (info.width, info.stream_index, info.video_streams) == (160, 0, 2)
+    assert count_frames(marked) == 6
+    # ties (same size, no default): the lowest index
+    same = media.write_multi_stream_clip(tmp_path / "same.mkv", sizes=((160, 120), (160, 120)))
+    assert probe(same).stream_index == 0 and count_frames(same) == 6
+
+
+def test_cover_art_is_never_the_best_stream(tmp_path):
+    # a 640x480 cover beside a 160x120 video, neither marked default: size alone would
+    # pick the cover
+    path = media.write_multi_stream_clip(tmp_path / "cover.mkv", sizes=((160, 120),), default=-1,
+                                         cover=(640, 480))
+    with av.open(str(path)) as container:
+        video, picture = container.streams.video
+        assert not video.disposition & av.stream.Disposition.default
+        assert picture.disposition & av.stream.Disposition.attached_pic
+    info = probe(path)
+    assert (info.stream_index, info.video_streams, info.codec, info.width) == (0, 2, "h264", 160)
+    assert count_frames(path) == 6
+    chosen = probe(path, video_stream=1)  # asked for explicitly: the picture
+    assert (chosen.codec, chosen.width, chosen.height, chosen.stream_index) == ("png", 640, 480, 1)
+    song = media.write_audio_with_cover(tmp_path / "song.m4a")
+    with pytest.raises(SourceError, match=r"song\.m4a: no video stream \(holds only a cover picture\)"):
+        probe(song)
+
+
+def test_explicit_video_stream(tmp_path):
+    path = media.write_multi_stream_clip(tmp_path / "two.mkv")
+    for index, (width, frames) in enumerate(((160, 6), (320, 5))):
+        stats = DecodeStats()
+        decoded = list(iter_frames(path, stats=stats, video_stream=index))
+        assert len(decoded) == frames == count_frames(path, video_stream=index)
+        assert decoded[0].image.shape[1] == width
+        assert [media.read_frame_number(f.image) for f in decoded] == list(range(frames))
+        assert probe(path, video_stream=index).to_dict()["stream_index"] == index
+    with pytest.raises(SourceError) as caught:
+        probe(path, video_stream=2)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: has no video stream 2") and "2 video stream(s)" in message
+    assert "\n" not in message
+
+
+def test_single_stream_info_records_the_stream(cfr_clip):
+    info = probe(cfr_clip).to_dict()
+    assert (info["stream_index"], info["video_streams"]) == (0, 1)
 
 
 def test_error_messages_are_bounded():

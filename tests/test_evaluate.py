@@ -342,3 +342,24 @@ def test_tune_thresholds_defaults_to_the_training_split(bank, bank_path, mlp_pat
     train = pool(bank, predict_people(head, bank, bank.split("Train_Set")), ("au",))
     expected = m.tune_au_thresholds(train.truth["au"], 1 / (1 + np.exp(-train.scores["au"])))
     assert list(result["au_thresholds"].values()) == pytest.approx(list(expected), abs=1e-6)
+
+
+def test_score_head_returns_the_tuned_card_without_writing_it(bank, bank_path, mlp_path, tmp_path, monkeypatch):
+    from affstream.train import evaluate as ev
+    from affstream.train.evaluate import score_head, write_card
+
+    shutil.copy(str(mlp_path) + ".safetensors", tmp_path / "h.safetensors")
+    shutil.copy(str(mlp_path) + ".json", tmp_path / "h.json")
+    card_before = (tmp_path / "h.json").read_bytes()
+    result, tuned = score_head(bank_path, tmp_path / "h", tune_thresholds=True, device="cpu")
+    assert (tmp_path / "h.json").read_bytes() == card_before  # nothing written yet
+    assert tuned.metrics["au_thresholds_tuned_on"] == "Train_Set"
+    assert list(result["au_thresholds"].values()) == pytest.approx(list(tuned.au_thresholds))
+    write_card(tuned, tmp_path / "h")
+    assert read_card(tmp_path / "h").au_thresholds == tuned.au_thresholds
+    assert score_head(bank_path, tmp_path / "h", device="cpu")[1] is None
+    # a head without AUs is refused before anything is predicted
+    va = _save(MLPHead(16, ("va",), width=8, backbone=bank.backbone), tmp_path / "va")
+    monkeypatch.setattr(ev, "predict_people", lambda *a, **k: pytest.fail("predicted before the AU check"))
+    with pytest.raises(ConfigError, match="needs a head that predicts AUs"):
+        score_head(bank_path, va, tune_thresholds=True, device="cpu")

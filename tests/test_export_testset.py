@@ -273,3 +273,18 @@ def test_videos_source_counts_every_decoded_frame(tmp_path):
         feats = np.asarray(bank.features(name), dtype=np.float32)[present]
         np.testing.assert_array_equal(feats[:, 0], np.flatnonzero(present) + 1)  # row k-1 is frame k
         np.testing.assert_array_equal(feats[:, 1], x)
+
+
+def test_export_to_an_unwritable_folder_is_refused_before_predicting(built, head_path, tmp_path, monkeypatch):
+    from affstream.errors import OutputError
+    from affstream.train import export as export_module
+
+    monkeypatch.setattr(export_module, "predict_person", lambda *a, **k: pytest.fail("predicted for an unwritable output"))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(OutputError, match=r"'.*afile' is a file, not a folder; choose another output path"):
+        export_abaw(built[0], head_path, afile / "sub", split="Test_Set", device="cpu")
+    (tmp_path / "sub" / "EXPR.txt").mkdir(parents=True)
+    with pytest.raises(OutputError, match=r"EXPR\.txt: is a folder"):
+        export_abaw(built[0], head_path, tmp_path / "sub", task="expr", split="Test_Set", device="cpu")
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["EXPR.txt"]

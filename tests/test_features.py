@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -60,7 +63,7 @@ def test_crops_give_one_row_per_annotated_frame(built, pristine):
     out, summary, calls = built
     manifest = read_manifest(pristine)
     assert summary == {"people": 4, "done": 4, "skipped": 0, "failed": {},
-                       "frames": 4 * FRAMES, "missing": 12}
+                       "frames": 4 * FRAMES, "missing": 12, "unreadable": {}}
     assert [c[0] for c in calls] == sorted(manifest) and [c[1:] for c in calls][-1] == (4, 4)
     bank = FeatureBank.open(out)
     assert bank.backbone == TINY and bank.source == "crops" and bank.dtype == "float16"
@@ -139,6 +142,82 @@ def test_unreadable_crop_is_a_missing_frame(pristine, tmp_path, caplog):
     missing = np.flatnonzero(~FeatureBank.open(tmp_path / "out").present("vid02")) + 1
     assert list(missing) == sorted(deleted + [broken])
     assert any("unreadable crop" in r.getMessage() for r in caplog.records)
+    assert summary["unreadable"] == {"vid02": 1}
+
+
+def _png(width, height, body=b""):
+    """A PNG whose header declares width x height (8-bit RGB) and whose IDAT holds ``body``."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(body)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_and_other_bad_crops_are_missing_frames(pristine, tmp_path, caplog):
+    root = tmp_path / "root"
+    shutil.copytree(pristine, root)
+    folder = root / "cropped_aligned" / "vid02"
+    deleted = read_manifest(root)["vid02"]["deleted"]
+    kept = [k for k in range(1, FRAMES + 1) if k not in deleted]
+    bomb, wide, cut = kept[:3]
+    (folder / f"{bomb:05d}.jpg").write_bytes(_png(30000, 30000))  # Pillow: DecompressionBombError
+    (folder / f"{wide:05d}.jpg").write_bytes(_png(5000, 8))  # decodable, but no face crop
+    sample = (folder / f"{cut:05d}.jpg").read_bytes()
+    (folder / f"{cut:05d}.jpg").write_bytes(sample[: len(sample) // 2])  # truncated JPEG body
+    with caplog.at_level("WARNING", logger="affstream"):
+        summary = build_feature_bank(root, tmp_path / "out", backbone=TINY, device="cpu", batch_size=4)
+    assert summary["done"] == 4 and summary["failed"] == {}  # the run went on with everyone
+    assert summary["unreadable"] == {"vid02": 3}
+    missing = np.flatnonzero(~FeatureBank.open(tmp_path / "out").present("vid02")) + 1
+    assert list(missing) == sorted(deleted + [bomb, wide, cut])
+    messages = [r.getMessage() for r in caplog.records]
+    for frame, words in ((bomb, "30000x30000 pixels"), (wide, "5000x8 pixels"), (cut, "cannot decode")):
+        assert any(f"{folder / f'{frame:05d}.jpg'}: unreadable crop (" in m and words in m for m in messages), messages
+    assert all("\n" not in m for m in messages)
+
+
+def test_crop_size_reads_the_header_only(pristine, tmp_path):
+    from PIL import Image
+
+    from affstream.train.features import MAX_CROP_SIDE, crop_size
+
+    real = next((pristine / "cropped_aligned" / "vid01").glob("*.jpg"))
+    assert crop_size(real) == Image.open(real).size
+    png = tmp_path / "a.png"
+    Image.new("RGB", (7, 5)).save(png)
+    assert crop_size(png) == (7, 5)
+    progressive = tmp_path / "p.jpg"
+    Image.new("RGB", (9, 4)).save(progressive, progressive=True, exif=b"Exif\x00\x00" + bytes(64))
+    assert crop_size(progressive) == (9, 4)
+    cases = {
+        "bomb.png": (_png(30000, 30000), "30000x30000 pixels"),
+        "edge.png": (_png(MAX_CROP_SIDE + 1, 1), f"at most {MAX_CROP_SIDE}x{MAX_CROP_SIDE}"),
+        "zero.png": (_png(0, 10), "0x10 pixels"),
+        "short.png": (_png(10, 10)[:20], "truncated or corrupt PNG header"),
+        "text.jpg": (b"not an image", "not a JPEG or PNG image"),
+        "empty.jpg": (b"", "not a JPEG or PNG image"),
+        "cut.jpg": (real.read_bytes()[:40], "truncated JPEG header"),
+        "nosof.jpg": (b"\xff\xd8\xff\xd9", "no frame header"),
+    }
+    for name, (data, words) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match=re.escape(words)) as info:
+            crop_size(tmp_path / name)
+        assert str(info.value).startswith(f"{tmp_path / name}: unreadable crop (")
+
+
+def test_person_without_a_usable_crop_fails_alone(pristine, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(pristine, root)
+    for crop in (root / "cropped_aligned" / "vid01").glob("*.jpg"):
+        crop.write_bytes(_png(30000, 30000))
+    summary = build_feature_bank(root, tmp_path / "out", backbone=TINY, device="cpu", tasks=("expr",),
+                                 splits=("Train_Set",))
+    assert summary["done"] == 2 and list(summary["failed"]) == ["vid01"]
+    message = summary["failed"]["vid01"]
+    assert f"of {root / 'cropped_aligned' / 'vid01'} can be used" in message and "30000x30000" in message
+    assert "vid01" not in FeatureBank.open(tmp_path / "out")
 
 
 def test_crop_folder_falls_back_to_the_video_name_for_one_person_only(pristine, tmp_path):

@@ -24,7 +24,7 @@ class Recorder(InputObserver):
     def __init__(self) -> None:
         self.events: list[tuple] = []
 
-    def loaded(self, stages) -> None:
+    def loaded(self, meaningful) -> None:
         self.events.append(("loaded",))
 
     def started(self, path, info) -> None:
@@ -51,14 +51,14 @@ def test_results_in_input_order_with_failures_in_place(smoke_stages, single_face
     assert isinstance(done.report, RunReport) and done.report.counts.rows == 1
     assert json.loads(done.json_path.read_text())["counts"] == done.report.counts.to_dict()
     assert not results[0].outputs and results[0].report is None
-    # the missing input is refused before the models are announced; then in order
+    # the missing and the empty input are refused before the models load; then in order
     assert recorder.events == [
         ("finished", "missing.mp4", INPUT_FAILED),
+        ("finished", zero_byte_file.name, INPUT_FAILED),
         ("loaded",),
         ("started", single_face_jpg.name, 1),
         ("frame", single_face_jpg.name, 1),
         ("finished", single_face_jpg.name, INPUT_DONE),
-        ("finished", zero_byte_file.name, INPUT_FAILED),
     ]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["single_face.csv", "single_face.json"]
 
@@ -106,3 +106,22 @@ def test_api_annotate_inputs_matches_the_cli_policy(smoke_stages, single_face_jp
     assert [r.ok for r in results] == [True, False]
     with pytest.raises(ConfigError, match="stages= or model options"):
         affstream.annotate_inputs([single_face_jpg], tmp_path / "o", stages=smoke_stages, head="zeroshot")
+
+
+def test_a_new_report_never_stands_beside_an_old_csv(smoke_stages, single_face_jpg, tmp_path, monkeypatch):
+    from affstream.errors import OutputError
+    from affstream.writers.csv import CsvWriter
+
+    out = tmp_path / "out"
+    first = affstream.annotate_to_files(single_face_jpg, out, stages=smoke_stages)
+    old_report = first.json_path.read_text()
+
+    def failing_close(self):
+        raise OutputError(f"{self.path}: cannot write the file: no space left on the device")
+
+    monkeypatch.setattr(CsvWriter, "close", failing_close)
+    with pytest.raises(OutputError):
+        affstream.annotate_to_files(single_face_jpg, out, stages=smoke_stages)
+    new_report = first.json_path.read_text()
+    assert new_report != old_report  # the new report was published ...
+    assert not first.csv_path.exists()  # ... and the old CSV is not left beside it

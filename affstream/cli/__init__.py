@@ -16,13 +16,30 @@ from .annotate import annotate_command
 from .train import evaluate_command, export_command, features_command, train_command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The command group; a stop while a command starts (imports, model loading)
+    exits 128 + signal with one line, like a stop during the work, not click's
+    "Aborted!" with exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _ui.interrupted(_ui.stderr_console(), "no partial output was left under a final name")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="affstream")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """affstream: frame-exact facial affect analysis of video (valence/arousal,
     8 expressions, 12 action units) from CLIP features."""
     from rich.logging import RichHandler
+
+    from ..runtime import install_stop_signals, restore_signals
+
+    previous = install_stop_signals()  # SIGTERM / SIGHUP stop a command the way Ctrl-C does
+    click.get_current_context().call_on_close(lambda: restore_signals(previous))
 
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = RichHandler(console=_ui.stderr_console(), show_path=False, show_time=False, markup=False)

@@ -2,7 +2,8 @@
 line, progress bars and the end-of-run summary. Imports nothing else of the CLI.
 
 Exit codes: 0 success; 1 at least one input failed (the others were still processed);
-2 invalid usage or configuration (nothing processed); 130 interrupted. Messages go to
+2 invalid usage or configuration (nothing processed); 128 + signal when stopped: 130
+for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP. Messages go to
 stderr; stdout stays clean for machine-readable output. Text that comes from the user
 (file names, error messages quoting them) is printed without markup, so ``[brackets]``
 in a name are shown as they are.
@@ -55,9 +56,16 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 
 def interrupted(console, hint: str) -> NoReturn:
-    """Ctrl-C: say what was kept and exit 130."""
-    console.print(_styled("interrupted:", "red", hint), soft_wrap=True)
-    sys.exit(EXIT_INTERRUPTED)
+    """Stopped (Ctrl-C, SIGTERM, SIGHUP): say what was kept and exit 128 + the signal.
+
+    Call it while handling the KeyboardInterrupt: the signal is read from it.
+    """
+    from ..runtime import exit_code_for
+
+    stop = sys.exc_info()[1]
+    reason = str(stop) if stop is not None and getattr(stop, "signum", None) else "interrupted"
+    console.print(_styled(f"{reason}:", "red", hint), soft_wrap=True)
+    sys.exit(exit_code_for(stop) if stop is not None else EXIT_INTERRUPTED)
 
 
 def frame_progress(console):

@@ -32,8 +32,8 @@ class _Progress:
             self.bar.stop()
             self.bar = None
 
-    def loaded(self, stages) -> None:
-        if not stages.meaningful:
+    def loaded(self, meaningful: bool) -> None:
+        if not meaningful:
             from ..pipeline.run import MEANINGLESS_WARNING
 
             _ui.warning(self.console, MEANINGLESS_WARNING)
@@ -78,7 +78,9 @@ class _Progress:
 @click.option("--head", default=None, help="'zeroshot' or the path of a trained head checkpoint (overrides the preset).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the preset's, normally auto).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Faces per backbone batch.")
-def annotate_command(videos, out_dir, pipeline, backbone, head, device, batch_size) -> None:
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing files under the output names that affstream did not write (never an input).")
+def annotate_command(videos, out_dir, pipeline, backbone, head, device, batch_size, overwrite) -> None:
     """Annotate VIDEOS: one CSV row per face per frame, plus a JSON report per video."""
     from ..api import resolve_config
     from ..errors import AffstreamError
@@ -88,14 +90,14 @@ def annotate_command(videos, out_dir, pipeline, backbone, head, device, batch_si
 
     console = _ui.stderr_console()
     try:
-        check_outputs(list(videos), out_dir)
+        check_outputs(list(videos), out_dir, overwrite=overwrite)
         config = resolve_config(pipeline, backbone=backbone, head=head, device=device, batch_size=batch_size)
         check_config(config)
     except AffstreamError as exc:
         _ui.fail(str(exc))
     try:
         with _Progress(console) as progress:
-            results = annotate_inputs(list(videos), out_dir, config=config, observer=progress)
+            results = annotate_inputs(list(videos), out_dir, config=config, observer=progress, overwrite=overwrite)
     except AffstreamError as exc:  # models not loadable: nothing ran
         _ui.fail(str(exc))
     except KeyboardInterrupt:

@@ -2,7 +2,14 @@
 
 Like the rest of :mod:`affstream.cli`, nothing heavy is imported at module level; progress goes to stderr and only ``evaluate``
 writes to stdout (one JSON object). A user error prints ``error: ...`` on stderr and
-exits with code 2; a run with failed inputs exits with 1; an interruption with 130.
+exits with code 2; a run with failed inputs exits with 1; an interruption (Ctrl-C, from
+the first import of torch on) prints one ``interrupted: ...`` line and exits with 130.
+
+Outputs are checked before any work (a folder that cannot be created or written, a
+read-only file system, a file where a folder is needed): one line, exit 2, nothing
+written. A write that fails once the work is done (a full disk) is one line saying
+what was kept, exit 1; ``evaluate`` prints its metrics before it stores tuned
+thresholds, so they are never lost to a card that cannot be written.
 """
 
 from __future__ import annotations
@@ -33,12 +40,20 @@ TASK_CHOICES = click.Choice(["expr", "au", "va", "all"])
               help="Also embed the unannotated test people (or videos) named in FILE, one per line, as split Test_Set.")
 def features_command(root, out, backbone, source, device, batch_size, test_list) -> None:
     """Compute the CLIP feature bank of an Aff-Wild2-format dataset ROOT (resumable)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ..errors import AffstreamError
-    from ..train.features import build_feature_bank
+    from ..errors import AffstreamError, OutputError
 
     console = _ui.stderr_console()
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..train.bank import check_bank_output
+        from ..train.features import build_feature_bank
+
+        check_bank_output(out)
+    except AffstreamError as exc:
+        _ui.fail(str(exc))
+    except KeyboardInterrupt:
+        _ui.interrupted(console, "nothing was written")
     columns = (TextColumn("[bold]features"), BarColumn(), MofNCompleteColumn(), TextColumn("people"),
                TimeElapsedColumn(), TextColumn("{task.fields[name]}"))
     try:
@@ -50,12 +65,19 @@ def features_command(root, out, backbone, source, device, batch_size, test_list)
 
             summary = build_feature_bank(root, out, backbone=backbone, source=source, device=device,
                                          batch_size=batch_size, progress=progress, test_list=test_list)
+    except OutputError as exc:
+        _ui.fail(f"{exc}; people already written are kept: run the same command again to resume",
+                 _ui.EXIT_INPUT_FAILED)
     except AffstreamError as exc:
         _ui.fail(str(exc))
     except KeyboardInterrupt:
         _ui.interrupted(console, "people already written are kept; run the same command again to resume")
     console.print(f"{out}: {summary['done']} people written, {summary['skipped']} already there, "
                   f"{summary['frames']} frames ({summary['missing']} without a face)", soft_wrap=True, markup=False)
+    if summary["unreadable"]:
+        counts = ", ".join(f"{name} ({n})" for name, n in summary["unreadable"].items())
+        _ui.warning(console, f"{sum(summary['unreadable'].values())} crop(s) could not be used and are missing "
+                             f"frames (see the warnings above): {counts}")
     if summary["failed"]:
         for name, message in summary["failed"].items():
             _ui.error(console, f"{name}: {message}")
@@ -99,14 +121,22 @@ def _metric_text(metrics: dict) -> str:
 def train_command(features_dir, task, head_kind, out, resume, device, seed, **options) -> None:
     """Train a per-frame MLP or temporal head on a feature bank's Train_Set; keep the
     epoch with the best Validation_Set metric."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ..errors import AffstreamError
-    from ..train.loop import train_head
+    from ..errors import AffstreamError, OutputError
 
     console = _ui.stderr_console()
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..train.loop import check_train_output, train_head
+
+        check_train_output(out)
+    except AffstreamError as exc:
+        _ui.fail(str(exc))
+    except KeyboardInterrupt:
+        _ui.interrupted(console, "nothing was written")
     columns = (TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
                MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn())
+    epochs_saved = []
     try:
         with Progress(*columns, console=console, transient=True) as bar:
             task_id = bar.add_task("train", total=None, epoch=0, epochs=0)
@@ -117,16 +147,20 @@ def train_command(features_dir, task, head_kind, out, resume, device, seed, **op
                 elif event["event"] == "step":
                     bar.update(task_id, epoch=event["epoch"], completed=event["step"], total=event["steps"])
                 elif event["event"] == "epoch":
+                    epochs_saved.append(event["epoch"])
                     star = " *" if event["best_epoch"] == event["epoch"] else ""
                     bar.console.print(f"epoch {event['epoch']}/{event['epochs']}: loss {event['train_loss']:.4f}  "
                                       f"{_metric_text(event['metrics'])}{star}", soft_wrap=True, markup=False)
 
             summary = train_head(features_dir, task=task, head=head_kind, out=out, seed=seed, device=device,
                                  resume=resume, progress=progress, **options)
+    except OutputError as exc:
+        _ui.fail(str(exc), _ui.EXIT_INPUT_FAILED)
     except AffstreamError as exc:
         _ui.fail(str(exc))
     except KeyboardInterrupt:
-        _ui.interrupted(console, "the last finished epoch is saved; add --resume to continue")
+        _ui.interrupted(console, "the last finished epoch is saved; add --resume to continue" if epochs_saved or resume
+                        else "stopped before the first epoch finished; nothing was written")
     console.print(f"{summary['out']}: best epoch {summary['best_epoch']} of {summary['epochs']}, "
                   f"{_metric_text(summary['metrics'])}", soft_wrap=True, markup=False)
 
@@ -145,15 +179,30 @@ def train_command(features_dir, task, head_kind, out, resume, device, seed, **op
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def evaluate_command(features_dir, head_path, split, tune_thresholds, tune_split, device) -> None:
     """Print the ABAW metrics of HEAD on a split as one JSON object on stdout."""
-    from ..errors import AffstreamError
-    from ..train.evaluate import evaluate_head
+    from ..errors import AffstreamError, OutputError
 
+    console = _ui.stderr_console()
     try:
-        result = evaluate_head(features_dir, head_path, split=split, tune_thresholds=tune_thresholds,
-                               tune_split=tune_split, device=device)
+        from ..train.evaluate import check_card_output, score_head, write_card
+
+        if tune_thresholds:
+            check_card_output(head_path)
+        result, tuned = score_head(features_dir, head_path, split=split, tune_thresholds=tune_thresholds,
+                                   tune_split=tune_split, device=device)
     except AffstreamError as exc:
         _ui.fail(str(exc))
-    click.echo(json.dumps(result))
+    except KeyboardInterrupt:
+        _ui.interrupted(console, "nothing was written")
+    click.echo(json.dumps(result))  # first: the metrics are kept even if the card cannot be written
+    if tuned is None:
+        return
+    try:
+        write_card(tuned, head_path)
+    except OutputError as exc:
+        _ui.fail(f"{exc}; the metrics above use the tuned AU thresholds, which were not stored",
+                 _ui.EXIT_INPUT_FAILED)
+    except KeyboardInterrupt:
+        _ui.interrupted(console, "the card of the head was left as it was")
 
 
 # --------------------------------------------------------------------------- export
@@ -171,19 +220,31 @@ def evaluate_command(features_dir, head_path, split, tune_thresholds, tune_split
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def export_command(features_dir, head_path, out_dir, task, split, list_file, device) -> None:
     """Write ABAW submission files (every frame of every person; faceless frames filled)."""
-    from ..errors import AffstreamError
-    from ..train.export import export_abaw
+    from ..errors import AffstreamError, OutputError
 
     console = _ui.stderr_console()
     try:
+        from ..train.export import EXPORT_FILES, check_export_output, export_abaw
+
+        check_export_output(out_dir, [] if task in (None, "all") else [task])
         people = None
         if list_file is not None:
             from ..train.affwild import read_video_list
 
             people = read_video_list(list_file)
-        summary = export_abaw(features_dir, head_path, out_dir, task=task, people=people, split=split, device=device)
     except AffstreamError as exc:
         _ui.fail(str(exc))
+    except KeyboardInterrupt:
+        _ui.interrupted(console, "nothing was written")
+    try:
+        summary = export_abaw(features_dir, head_path, out_dir, task=task, people=people, split=split, device=device)
+    except OutputError as exc:
+        _ui.fail(str(exc), _ui.EXIT_INPUT_FAILED)
+    except AffstreamError as exc:
+        _ui.fail(str(exc))
+    except KeyboardInterrupt:
+        _ui.interrupted(console, f"no submission file was written ({', '.join(EXPORT_FILES.values())} "
+                                 "appear only once complete)")
     for path in summary["files"].values():
         console.print(f"{path}: {summary['frames']} frames of {summary['people']} people", soft_wrap=True, markup=False)
     console.print(f"{summary['filled']} frame(s) without a face filled from the nearest frame with one; "

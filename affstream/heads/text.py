@@ -13,7 +13,8 @@ embeddings, "present" and "absent". With image features f (L2-normalised):
 module can be fine-tuned and saved with ``save_head`` (kind "text").
 
 Prompts are data: ``prompts/expressions.toml`` and ``prompts/action_units.toml``.
-Class embeddings are cached per backbone under ``cache_dir()/text``.
+Class embeddings are cached per backbone under ``usable_cache_dir()/text`` (not at all
+without a usable cache).
 """
 
 from __future__ import annotations
@@ -234,21 +235,26 @@ def _cache_key(backbone: Backbone, prompts: PromptSet) -> dict[str, Any]:
     return key
 
 
-def _cache_path(backbone: Backbone, key: dict[str, Any]) -> Path:
-    from ..files import cache_dir
+def _cache_path(backbone: Backbone, key: dict[str, Any]) -> Path | None:
+    """The cache file for ``key``, or None if there is no usable cache (already warned)."""
+    from ..files import usable_cache_dir
 
+    cache = usable_cache_dir()
+    if cache is None:
+        return None
     spec = backbone.spec
     source = Path(spec.source).stem if spec.kind == "file" else spec.source
     safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{spec.arch}-{source}")[:80]
     digest = sha256_bytes(json.dumps(key, sort_keys=True).encode("utf-8"))[:16]
-    return cache_dir() / "text" / f"{safe_name}-{digest}.safetensors"
+    return cache / "text" / f"{safe_name}-{digest}.safetensors"
 
 
-def _read_cache(path: Path, dim: int) -> dict[str, torch.Tensor] | None:
+def _read_cache(path: Path | None, dim: int) -> dict[str, torch.Tensor] | None:
+    """The cached tensors at ``path``; None if there are none (no cache, no file, bad file)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if not path.is_file():
+    if path is None or not path.is_file():
         return None
     try:
         tensors = load_file(str(path), device="cpu")
@@ -262,15 +268,20 @@ def _read_cache(path: Path, dim: int) -> dict[str, torch.Tensor] | None:
     return tensors
 
 
-def _write_cache(path: Path, tensors: dict[str, torch.Tensor], key: dict[str, Any]) -> None:
+def _write_cache(path: Path | None, tensors: dict[str, torch.Tensor], key: dict[str, Any]) -> None:
+    """Store ``tensors`` at ``path`` (atomically); without a cache (None) nothing. Never
+    raises for the cache: a failed write (a full disk included) is a warning."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    if path is None:
+        return
     cpu = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:  # concurrent runs never share a temporary name
             save_file(cpu, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
-    except (OSError, OutputError) as exc:
+    except (OSError, OutputError, SafetensorError) as exc:
         log.warning("could not write text-embedding cache %s (%s)", path, exc)
 
 
@@ -279,7 +290,8 @@ def zero_shot_head(backbone: Backbone, *, prompt_dir: str | Path | None = None) 
 
     Class embeddings come from the backbone's own text encoder (every template x
     description prompt embedded, averaged per class, re-normalised) and are cached in
-    ``cache_dir()/text/{name}-{hash}.safetensors``; the hash covers the backbone spec,
+    ``usable_cache_dir()/text/{name}-{hash}.safetensors`` (no caching without a usable
+    cache); the hash covers the backbone spec,
     its weights' sha256, the precision, the prompt files' bytes and the open_clip
     version, so a later build with the same inputs does not run the text encoder.
     Returns a TextHead in eval mode on ``backbone.device``.

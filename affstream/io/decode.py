@@ -2,7 +2,18 @@
 turn them upright, and tally what could not be decoded.
 
 :mod:`affstream.io.sources` opens a source once and drives these pieces; nothing here
-opens a file twice or holds state between sources.
+opens a file or holds state between sources (the one exception, re-decoding the tail of
+a cut-off file, gets its second container from the caller, see below).
+
+Inputs. :func:`describe_unusable_input` says, from the file system alone (``stat``, never
+``open``), why a path cannot be media: missing, a broken or looping symbolic link, a
+directory, a FIFO or a device (reading those would block or never end), an empty or
+unreadable file.
+
+Stream. :func:`select_video_stream` picks the video stream to decode: a given index among
+the file's video streams, or by default the best one: among the streams that are not an
+attached picture (cover art), those marked "default" if any; of these the largest
+width x height; ties go to the lowest index.
 
 Times. ``Frame.time_s = (pts - start_time) * time_base`` in seconds, where ``start_time``
 is the video stream's own start time when the container declares one (0 otherwise), so
@@ -16,21 +27,36 @@ Orientation. Frames are turned upright with the container's display matrix (rota
 multiple of 90 degrees and an optional mirror), read from the first decoded frame and
 applied to all frames. When PyAV cannot list a frame's side data, the rotation comes from
 ``VideoFrame.rotation`` (no mirror), or for still images from their EXIF orientation tag.
-Other rotation angles are rounded to the nearest multiple of 90 degrees.
+Frames of the PNG decoders are never asked for their side data list: PyAV 18.1 frees the
+metadata of the ICC profile those decoders attach a second time (SIGSEGV), so their
+rotation comes from ``VideoFrame.rotation``, which reads the display matrix without
+listing (or from EXIF, for a still image). Other rotation angles are rounded to the
+nearest multiple of 90 degrees.
 
-Errors. Problems with the input itself (missing, empty, not media, no video) raise
-:class:`~affstream.errors.SourceError`. Packets that fail to decode are skipped and counted
-in :class:`~affstream.records.DecodeStats`; so are packets that silently produce no frame
-(corrupt or cut-off data that FFmpeg's frame threading drops without reporting).
+Frame count. The decoded count is FFmpeg's own (a decoder without frame threading, as
+``ffprobe -count_frames``). Frame threading is kept for throughput, but when a stream ends
+early (a file cut inside a packet) FFmpeg's frame threads drop the frames still in flight
+(the reorder delay, e.g. the last two frames of an H.264 clip with B-frames). So when
+frames are missing at the end of a frame-threaded decode and the caller can open the
+source again, the tail is decoded a second time without frame threading, from the key
+frame before the last frame delivered, and the frames after it (by PTS; by count when the
+stream has no PTS) are delivered too (:func:`decoded_frames`).
+
+Errors. Problems with the input itself (missing, special file, empty, not media, no video)
+raise :class:`~affstream.errors.SourceError`. Packets that fail to decode are skipped and
+counted in :class:`~affstream.records.DecodeStats`; so are packets that silently produce no
+frame (corrupt or cut-off data that FFmpeg's frame threading drops without reporting).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
@@ -47,33 +73,129 @@ _FALLBACK_FRAME_S = 1.0 / 25.0  # FFmpeg's own default rate when nothing is decl
 _IMAGE_FORMATS = ("image2", "image2pipe")  # plus every "*_pipe" demuxer (png_pipe, ...)
 # codecs whose packets may legitimately yield no picture (VP8 alt-ref frames)
 _HIDDEN_FRAME_CODECS = frozenset({"vp8"})
+# decoders that attach side data carrying a metadata dictionary (the ICC profile's name),
+# which PyAV 18.1 frees twice once ``frame.side_data`` has been listed: SIGSEGV
+_NO_SIDE_DATA_LIST_CODECS = frozenset({"png", "apng"})
+_ATTACHED_PIC = av.stream.Disposition.attached_pic
+_DEFAULT = av.stream.Disposition.default
 
 
 # --------------------------------------------------------------------- opening sources
 
 
-def check_path(path: str | os.PathLike) -> str:
-    """The display name of ``path``; raise SourceError for paths that cannot be media."""
+def display_name(path: str | os.PathLike) -> str:
+    """``path`` as the str used in messages (FFmpeg gets :func:`ffmpeg_path` of it)."""
     name = os.fspath(path)
-    if not isinstance(name, str):
-        name = os.fsdecode(name)
+    return name if isinstance(name, str) else os.fsdecode(name)
+
+
+def describe_unusable_input(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a media file, as one line naming it and what to do; None
+    when it looks usable (a readable, non-empty regular file, or a URL).
+
+    Only the file system is asked (``lstat`` / ``stat`` / ``access``); the file is never
+    opened, so this is safe (and cheap) on FIFOs and devices, for which opening for
+    reading would block or never end. The problems, each with its own message: no such
+    file, a broken symbolic link, a symbolic link loop, a directory, a named pipe (FIFO),
+    a character or block device, a socket, any other non-regular file, an empty file, no
+    permission to read. A path through a symbolic link is judged by what it points to, and
+    the message names the target.
+    """
+    name = display_name(path)
     if "://" in name:  # URL: nothing to check on the file system
-        return name
-    if not os.path.exists(name):
-        raise SourceError(f"{name}: no such file; check the path")
-    if os.path.isdir(name):
-        raise SourceError(f"{name}: is a directory; give a video or image file")
-    if os.path.isfile(name) and os.path.getsize(name) == 0:
-        raise SourceError(f"{name}: file is empty (0 bytes); give a video or image file")
+        return None
+    if "\0" in name:
+        return f"{name!r}: not a valid path (it holds a NUL character); check the path"
+    try:
+        link = os.lstat(name)
+    except OSError as error:
+        return _stat_problem(name, error)
+    via = ""
+    if stat.S_ISLNK(link.st_mode):
+        target = _link_target(name)
+        try:
+            os.stat(name)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return (f"{name}: symbolic link loop ({name} -> {target} -> ... never reaches "
+                        "a file); point the link at a video file")
+            if isinstance(error, (FileNotFoundError, NotADirectoryError)):
+                return (f"{name}: broken symbolic link (its target {target} does not "
+                        "exist); point the link at a video file or give the file itself")
+            return _stat_problem(name, error)
+        via = f" (symbolic link to {os.path.realpath(name)})"
+    try:
+        mode = os.stat(name).st_mode
+    except OSError as error:  # removed or changed since lstat
+        return _stat_problem(name, error)
+    if stat.S_ISDIR(mode):
+        return f"{name}: is a directory; give a video or image file"
+    if not stat.S_ISREG(mode):
+        return _special_file_problem(name, mode, via)
+    if os.path.getsize(name) == 0:
+        return f"{name}: file is empty (0 bytes); give a video or image file"
     if not os.access(name, os.R_OK):
-        raise SourceError(f"{name}: permission denied; make the file readable")
+        return f"{name}: permission denied; make the file readable"
+    return None
+
+
+def _stat_problem(name: str, error: OSError) -> str:
+    if isinstance(error, (FileNotFoundError, NotADirectoryError)):
+        return f"{name}: no such file; check the path"
+    if isinstance(error, PermissionError):
+        return f"{name}: permission denied (a folder on the path cannot be searched); check its permissions"
+    if error.errno == errno.ELOOP:
+        return f"{name}: symbolic link loop in the path; fix the links on the path"
+    reason = error.strerror or type(error).__name__
+    return f"{name}: cannot be read ({reason}); check the path"
+
+
+def _special_file_problem(name: str, mode: int, via: str) -> str:
+    if stat.S_ISFIFO(mode):
+        return (f"{name}: is a named pipe (FIFO){via}, not a regular file; reading it would "
+                "block, so it is not opened: save the video to a file and give that file")
+    if stat.S_ISCHR(mode):
+        return (f"{name}: is a character device{via}, not a regular file; reading it would "
+                "block or never end, so it is not opened: give a video file")
+    if stat.S_ISBLK(mode):
+        return f"{name}: is a block device{via}, not a regular file; give a video file"
+    if stat.S_ISSOCK(mode):
+        return f"{name}: is a socket{via}, not a regular file; give a video file"
+    return f"{name}: is not a regular file{via}; give a video file"
+
+
+def _link_target(name: str) -> str:
+    try:
+        return os.readlink(name)
+    except OSError:
+        return "?"
+
+
+def check_path(path: str | os.PathLike) -> str:
+    """The display name of ``path``; raise SourceError (the line of
+    :func:`describe_unusable_input`) for paths that cannot be media."""
+    name = display_name(path)
+    problem = describe_unusable_input(name)
+    if problem is not None:
+        raise SourceError(problem)
     return name
 
 
+def ffmpeg_path(name: str) -> str:
+    """What to give FFmpeg for the local file ``name``: a relative name gets a leading
+    ``./``, so that FFmpeg never reads a file name such as ``pipe:0.mp4``, ``file:x.mp4``
+    or ``concat:a.mp4`` as a protocol (stdin, another file, several files). URLs
+    (``scheme://``) and absolute paths are given as they are."""
+    if "://" in name or os.path.isabs(name):
+        return name
+    return os.path.join(os.curdir, name)
+
+
 def open_container(name: str) -> av.container.InputContainer:
-    """Open ``name`` with PyAV, mapping its errors to one-line SourceErrors."""
+    """Open ``name`` with PyAV, mapping its errors to one-line SourceErrors (which name
+    ``name`` as given)."""
     try:
-        container = av.open(name, mode="r", metadata_errors="replace")
+        container = av.open(ffmpeg_path(name), mode="r", metadata_errors="replace")
     except FileNotFoundError as error:
         raise SourceError(f"{name}: no such file; check the path") from error
     except IsADirectoryError as error:
@@ -90,15 +212,42 @@ def open_container(name: str) -> av.container.InputContainer:
     return container
 
 
-def video_stream(container: av.container.InputContainer, name: str):
-    """The first video stream; SourceError naming what the file holds instead."""
-    if container.streams.video:
-        return container.streams.video[0]
+def select_video_stream(container: av.container.InputContainer, name: str,
+                        choice: int = -1) -> tuple[av.VideoStream, int]:
+    """The video stream to decode and its index among the file's video streams.
+
+    ``choice`` >= 0 is an index among the video streams (as ffprobe's ``v:N``; attached
+    pictures count), out of range -> SourceError listing how many there are. ``choice``
+    -1 picks the best stream: never an attached picture (cover art); among the others,
+    those with the "default" disposition if any; of these the largest width x height;
+    ties go to the lowest index. SourceError naming what the file holds instead when it
+    has no video stream (or only cover art).
+    """
+    videos = list(container.streams.video)
+    if choice >= 0 and videos:
+        if choice >= len(videos):
+            raise SourceError(f"{name}: has no video stream {choice}: it has {len(videos)} "
+                              f"video stream(s), numbered 0..{len(videos) - 1}; set "
+                              "decode.video_stream to one of them or to -1 (the best)")
+        return videos[choice], choice
+    candidates = [s for s in videos if not s.disposition & _ATTACHED_PIC]
+    if candidates:
+        defaults = [s for s in candidates if s.disposition & _DEFAULT]
+        best = max(defaults or candidates, key=lambda s: (_area(s), -s.index))
+        return best, videos.index(best)
+    if videos:
+        raise SourceError(f"{name}: no video stream (holds only a cover picture); give a "
+                          "video file, or set decode.video_stream to 0 to read the picture")
     kinds = sorted({stream.type for stream in container.streams})
     if kinds == ["audio"]:
         raise SourceError(f"{name}: no video stream (audio-only file); give a video file")
     held = ", ".join(kinds) if kinds else "no streams"
     raise SourceError(f"{name}: no video stream (holds {held}); give a video file")
+
+
+def _area(stream) -> int:
+    context = stream.codec_context
+    return max(0, int(context.width or 0)) * max(0, int(context.height or 0))
 
 
 def is_image(container: av.container.InputContainer) -> bool:
@@ -146,16 +295,42 @@ class _Tally:
     sent: int = 0  # data packets meant to become frames (not marked discard)
     failed: int = 0  # packets the decoder rejected
     delivered: int = 0  # frames out of the decoder
+    last_pts: int | None = None  # largest PTS delivered
+    unstamped: int = 0  # frames delivered without a PTS
+    failed_pts: set[int | None] = field(default_factory=set)  # PTS of the failed packets
+    cut: bool = False  # the stream ended abnormally: demuxing failed or a partial packet
+
+    def note(self, frame: av.VideoFrame) -> None:
+        """Count one delivered frame."""
+        self.delivered += 1
+        if frame.pts is None:
+            self.unstamped += 1
+        elif self.last_pts is None or frame.pts > self.last_pts:
+            self.last_pts = frame.pts
+
+    @property
+    def missing(self) -> int:
+        """Sent packets that neither failed nor gave a frame (yet)."""
+        return self.sent - self.failed - self.delivered
+
+
+Reopen = Callable[[], av.container.InputContainer]
 
 
 def decoded_frames(container: av.container.InputContainer, stream, stats: DecodeStats,
-                   first_frame_within: int | None = None) -> Iterator[av.VideoFrame]:
+                   first_frame_within: int | None = None,
+                   reopen: Reopen | None = None) -> Iterator[av.VideoFrame]:
     """Demux and decode ``stream``, skipping packets FFmpeg cannot decode.
 
     At the end of the stream, frames missing against the packets sent and packets
     missing against the container's declared count are recorded as errors (see
     :func:`_check_tally`). ``first_frame_within`` ends the stream (without flush or
     checks) when that many data packets have given no frame at all.
+
+    ``reopen`` (files only: it opens the same source again) lets a frame-threaded decode
+    that ends with frames missing re-decode its tail without frame threading
+    (:func:`_redecode_tail`), so that the count is FFmpeg's sequential count also for a
+    file cut off inside a packet. Nothing is opened twice when no frame is missing.
     """
     context = stream.codec_context
     tally = _Tally()
@@ -168,29 +343,46 @@ def decoded_frames(container: av.container.InputContainer, stream, stats: Decode
             break
         except av.FFmpegError as error:
             _record_error(stats, f"demuxing stopped after packet {tally.read}: {_reason(error)}")
+            tally.cut = True
             break
         if packet.size == 0 and packet.dts is None:
             flushed = True  # PyAV's end-of-stream packet
         else:
             tally.read += 1
             tally.sent += 0 if packet.is_discard or packet.size == 0 else 1
+            tally.cut = packet.is_corrupt  # e.g. the partial last packet of a cut-off MP4
         try:
             frames = context.decode(packet)
         except av.FFmpegError as error:
             tally.failed += 1
+            tally.failed_pts.add(packet.pts)
             _record_error(stats, f"packet {tally.read} (pts {packet.pts}) skipped: "
                                  f"{_reason(error)}")
             continue
         for frame in frames:
-            tally.delivered += 1
+            tally.note(frame)
             yield frame
         if first_frame_within is not None and not tally.delivered and tally.sent >= first_frame_within:
             return
     if not flushed:  # demuxing stopped early: drain what the decoder still holds
         for frame in _flush(context, stats):
-            tally.delivered += 1
+            tally.note(frame)
             yield frame
+    if reopen is not None and _lost_in_flight(tally, context, stream.frames):
+        yield from _redecode_tail(reopen, stream, stats, tally)
     _check_tally(stats, tally, context.name, stream.frames)
+
+
+def _lost_in_flight(tally: _Tally, context, declared: int) -> bool:
+    """Whether a frame-threaded decode may have lost frames in flight at its end: sent
+    packets are unaccounted for, and the stream ended early or the codec always gives a
+    frame per packet (VP8's hidden frames give none, so for VP8 only a cut counts)."""
+    if not context.thread_type & av.codec.context.ThreadType.FRAME or context.thread_count == 1:
+        return False  # no frame threads, nothing in flight
+    if tally.missing <= 0:
+        return False
+    ended_early = tally.cut or 0 < tally.read < declared
+    return ended_early or context.name not in _HIDDEN_FRAME_CODECS
 
 
 def _flush(context, stats: DecodeStats) -> Iterator[av.VideoFrame]:
@@ -203,11 +395,135 @@ def _flush(context, stats: DecodeStats) -> Iterator[av.VideoFrame]:
         _record_error(stats, f"flushing the decoder failed: {_reason(error)}")
 
 
+def _redecode_tail(reopen: Reopen, stream, stats: DecodeStats,
+                   tally: _Tally) -> Iterator[av.VideoFrame]:
+    """Decode the end of ``stream`` again, from a second container, without frame
+    threading, and yield the frames the first decode did not deliver; updates ``tally``.
+
+    The frames delivered so far are those up to ``tally.last_pts`` (frames leave the
+    decoder in presentation order), so the second decode starts at the key frame at or
+    before that PTS and yields the frames after it; when the seek lands after that PTS
+    (or nothing was delivered) it decodes from the start. A stream whose frames carry no
+    PTS is decoded again from the start and its first ``tally.delivered`` frames are
+    skipped. Packets of the tail that fail count as failed packets (once); demuxing
+    errors were already reported by the first decode.
+    """
+    if tally.delivered and tally.unstamped not in (0, tally.delivered):
+        return  # PTS on some frames only: no safe way to tell which frames are new
+    by_count = tally.delivered > 0 and tally.unstamped == tally.delivered
+    after = None if by_count else tally.last_pts
+    for seek in ((True, False) if after is not None else (False,)):
+        try:
+            again = reopen()
+        except (SourceError, av.FFmpegError, OSError) as error:
+            _LOG.debug("decode: tail not re-decoded, cannot open the source again: %s", error)
+            return
+        try:
+            twin = again.streams[stream.index]
+            twin.codec_context.thread_type = "SLICE"  # sequential: no frame in flight is lost
+            if seek and not _seek(again, twin, after):
+                continue
+            tail = _Tail(tally, stats, after=after, skip=tally.delivered if by_count else 0,
+                         check_seek=seek)
+            yield from tail.frames(_sequential(again, twin))
+            if not tail.overshot:
+                if tail.recovered:
+                    _LOG.debug("decode: %d frame(s) recovered from the re-decoded tail",
+                                tail.recovered)
+                return
+        finally:
+            again.close()
+
+
+def _seek(container: av.container.InputContainer, stream, pts: int) -> bool:
+    """Seek ``container`` to the key frame of ``stream`` at or before ``pts``."""
+    try:
+        container.seek(pts, stream=stream, backward=True, any_frame=False)
+    except (av.FFmpegError, OSError) as error:
+        _LOG.debug("decode: cannot seek for the tail (%s); decoding it from the start", error)
+        return False
+    return True
+
+
+@dataclass
+class _Tail:
+    """Picks the new frames out of a second, sequential decode (see :func:`_redecode_tail`).
+
+    after:      yield only frames with a PTS above this (None: no PTS filter).
+    skip:       frames to skip first (a stream without PTS: those already delivered).
+    check_seek: the decode starts at a seek; if its first frame is already after
+                ``after``, frames may lie before it: stop (``overshot``).
+    """
+
+    tally: _Tally
+    stats: DecodeStats
+    after: int | None
+    skip: int
+    check_seek: bool
+    overshot: bool = False
+    recovered: int = 0
+
+    def frames(self, decoded: Iterator[tuple[av.VideoFrame | None, int | None]]) -> Iterator[av.VideoFrame]:
+        first = True
+        for frame, failed_pts in decoded:
+            if frame is None:
+                self._failed(failed_pts)
+                continue
+            if first and self.check_seek and frame.pts is not None and frame.pts > self.after:
+                self.overshot = True
+                return
+            first = False
+            if self.after is not None and (frame.pts is None or frame.pts <= self.after):
+                continue
+            if self.skip > 0:
+                self.skip -= 1
+                continue
+            self.tally.note(frame)
+            self.recovered += 1
+            yield frame
+
+    def _failed(self, pts: int | None) -> None:
+        """Count a failed packet of the tail, unless the first decode already did."""
+        if self.skip > 0 or (pts is not None and pts in self.tally.failed_pts):
+            return
+        if self.after is not None and pts is not None and pts <= self.after:
+            return
+        self.tally.failed += 1
+        self.tally.failed_pts.add(pts)
+        _record_error(self.stats, f"packet (pts {pts}) skipped in the re-decoded tail: "
+                                  "cut-off or corrupt data")
+
+
+def _sequential(container: av.container.InputContainer,
+                stream) -> Iterator[tuple[av.VideoFrame | None, int | None]]:
+    """Decode ``stream`` to its end; (frame, None) per frame, (None, pts) per packet the
+    decoder rejects. Stops quietly where demuxing fails."""
+    context = stream.codec_context
+    demuxer = container.demux(stream)
+    while True:
+        try:
+            packet = next(demuxer)
+        except (StopIteration, av.FFmpegError):
+            break
+        try:
+            frames = context.decode(packet)
+        except av.FFmpegError:
+            yield None, packet.pts
+            continue
+        for frame in frames:
+            yield frame, None
+    try:
+        for frame in context.decode(None):
+            yield frame, None
+    except av.FFmpegError:
+        pass
+
+
 def _check_tally(stats: DecodeStats, tally: _Tally, codec: str, declared: int) -> None:
     """Record silent losses: one error per sent packet that gave no frame (FFmpeg's
     frame threading drops bad packets without reporting them), and one error when the
     stream ends before the packet count the container declares (a cut-off file)."""
-    missing = tally.sent - tally.failed - tally.delivered
+    missing = tally.missing
     if missing > 0 and codec not in _HIDDEN_FRAME_CODECS:
         _record_error(stats, f"{missing} packet(s) produced no frame (corrupt or cut-off "
                              f"data); {tally.delivered} frames from {tally.sent} packets")
@@ -289,7 +605,13 @@ class Orientation:
     @classmethod
     def of_frame(cls, frame: av.VideoFrame, stream, name: str, is_image: bool) -> Orientation:
         """Orientation from the frame's display matrix, the stream's legacy ``rotate``
-        tag, or (PyAV cannot read this frame's side data) a fallback."""
+        tag, or (PyAV cannot read this frame's side data) a fallback.
+
+        Frames of the PNG decoders take the fallback without listing their side data
+        (listing it crashes PyAV 18.1 when the PNG holds an ICC profile): EXIF for a still
+        image, else ``VideoFrame.rotation``, which cannot see a mirror."""
+        if stream.codec_context.name in _NO_SIDE_DATA_LIST_CODECS:
+            return cls._fallback(frame, name, is_image)
         try:
             matrix = _display_matrix(frame)
         except ValueError:  # side data of a type this PyAV build does not know
@@ -316,6 +638,8 @@ class Orientation:
 
     @classmethod
     def _fallback(cls, frame: av.VideoFrame, name: str, is_image: bool) -> Orientation:
+        """EXIF for a still image (Pillow), else ``VideoFrame.rotation``: PyAV reads the
+        display matrix in C without listing side data (safe), but gives no mirror."""
         if is_image:
             exif = _exif_orientation(name)
             if exif is not None:
@@ -334,7 +658,9 @@ def _nearest_quarter(degrees_cw: float) -> int:
 def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
     """The frame's DISPLAYMATRIX side data as 9 int32, or None.
 
-    Raises ValueError when PyAV cannot enumerate the side data (unknown type).
+    Raises ValueError when PyAV cannot enumerate the side data (unknown type). Lists all
+    of the frame's side data (PyAV has no lookup that does not): never call it on frames
+    of the codecs in ``_NO_SIDE_DATA_LIST_CODECS``.
     """
     for side in frame.side_data:
         if side.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:

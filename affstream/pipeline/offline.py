@@ -27,7 +27,7 @@ import torch
 from ..config import PipelineConfig, ScheduleConfig
 from ..errors import AffstreamError, SourceError
 from ..io.prefetch import prefetch
-from ..io.sources import VideoSource, open_source
+from ..io.sources import VideoSource, describe_unusable_input, open_source
 from ..records import (
     INPUT_DONE,
     INPUT_FAILED,
@@ -143,7 +143,8 @@ class AnnotationRun:
         self.path = Path(source)
         self.stages = stages
         self.stats = DecodeStats()
-        self._source = open_source(self.path, threads=stages.config.decode.threads, stats=self.stats)
+        self._source = open_source(self.path, threads=stages.config.decode.threads,
+                                   video_stream=stages.config.decode.video_stream, stats=self.stats)
         self.info: VideoInfo = self._source.info
         self.times = StageTimes(stages.device)
         self._counter = RowCounter(on_frame)
@@ -200,10 +201,14 @@ class AnnotationRun:
         return build_report(self.stages, self.info, counts, self.times, self.wall_s, outputs)
 
 
-def write_run(run: AnnotationRun, out_dir: str | Path) -> InputResult:
+def write_run(run: AnnotationRun, out_dir: str | Path, *, overwrite: bool = False) -> InputResult:
     """Iterate ``run`` into its CSV (streamed) and JSON report, both atomically.
 
-    The run's source is closed whatever happens (also when the outputs are refused).
+    Outputs are checked first (:func:`~affstream.pipeline.outputs.check_outputs`; an
+    existing file affstream did not write is replaced only with ``overwrite``). The
+    report is published before the CSV; a previous CSV is removed just before, so a new
+    report never stands beside an old CSV (a report without its CSV is an unfinished
+    run). The run's source is closed whatever happens.
     """
     from ..writers import get_writer
     from ..writers.json import write_json_report
@@ -212,13 +217,14 @@ def write_run(run: AnnotationRun, out_dir: str | Path) -> InputResult:
     start = time.perf_counter()
     rows = iter(run)
     try:
-        check_outputs([run.path], out_dir)
+        check_outputs([run.path], out_dir, overwrite=overwrite)
         # The CSV is committed last, after the report: an interruption anywhere before
         # leaves neither file (or only a previous run's) under the final names.
         with get_writer("csv", csv_path) as writer:
             for row in rows:
                 writer.write(row)
             report = run.report({"csv": csv_path.name, "json": json_path.name})
+            csv_path.unlink(missing_ok=True)  # checked above: affstream's own (or overwrite)
             write_json_report(json_path, report)
     finally:
         rows.close()  # stops the decode thread (if a failure left the rows unfinished) ...
@@ -235,8 +241,9 @@ class InputObserver:
     """Hooks a caller (the CLI's progress display) gets from :func:`annotate_inputs`.
     Every method does nothing by default; they are called on the caller's thread."""
 
-    def loaded(self, stages: Stages) -> None:
-        """The models are loaded (once, before the first readable input)."""
+    def loaded(self, meaningful: bool) -> None:
+        """The models are loaded (once, before the first readable input); ``meaningful``
+        is False when any of them has random weights."""
 
     def started(self, path: Path, info: VideoInfo) -> None:
         """An input was opened; ``info.frame_count`` is its declared length (or None)."""
@@ -249,21 +256,19 @@ class InputObserver:
 
 
 def preflight(inputs: Sequence[str | Path]) -> list[InputResult | None]:
-    """Cheap checks before any model is loaded: a missing input or a folder fails on
-    its own. Returns, per input, a failed InputResult or None (looks readable)."""
+    """Cheap checks before any model is loaded, from the file system alone: a missing
+    input, a folder, a FIFO or device, a broken link or an empty file fails on its own
+    (:func:`~affstream.io.sources.describe_unusable_input`). Returns, per input, a
+    failed InputResult or None (looks readable)."""
     checked: list[InputResult | None] = []
     for item in inputs:
-        path = Path(item)
-        if path.is_file():
-            checked.append(None)
-            continue
-        problem = "is a directory; give video files" if path.is_dir() else "no such file"
-        checked.append(InputResult(str(path), INPUT_FAILED, error=f"{path}: {problem}"))
+        problem = describe_unusable_input(item)
+        checked.append(None if problem is None else InputResult(str(item), INPUT_FAILED, error=problem))
     return checked
 
 
 def annotate_one(path: str | Path, out_dir: str | Path, stages: Stages,
-                 observer: InputObserver | None = None) -> InputResult:
+                 observer: InputObserver | None = None, *, overwrite: bool = False) -> InputResult:
     """Annotate one input into ``out_dir``; a user-facing failure (AffstreamError)
     becomes a failed result with its one-line message. KeyboardInterrupt propagates
     (nothing partial is left under a final name)."""
@@ -273,7 +278,7 @@ def annotate_one(path: str | Path, out_dir: str | Path, stages: Stages,
     try:
         run = AnnotationRun(path, stages, on_frame=lambda done: observer.frame(path, done))
         observer.started(path, run.info)
-        result = write_run(run, out_dir)
+        result = write_run(run, out_dir, overwrite=overwrite)
     except AffstreamError as exc:
         result = InputResult(str(path), INPUT_FAILED, error=str(exc), seconds=time.perf_counter() - start)
     observer.finished(result)
@@ -281,7 +286,8 @@ def annotate_one(path: str | Path, out_dir: str | Path, stages: Stages,
 
 
 def annotate_inputs(inputs: Sequence[str | Path], out_dir: str | Path, *, config: PipelineConfig | None = None,
-                    stages: Stages | None = None, observer: InputObserver | None = None) -> list[InputResult]:
+                    stages: Stages | None = None, observer: InputObserver | None = None,
+                    isolate: bool | None = None, overwrite: bool = False) -> list[InputResult]:
     """Annotate every input into ``out_dir`` (``<stem>.csv`` + ``<stem>.json`` each).
 
     The failure policy: output names are checked first (ConfigError: two inputs with
@@ -289,27 +295,40 @@ def annotate_inputs(inputs: Sequence[str | Path], out_dir: str | Path, *, config
     before any model loads; models are loaded once (from ``config``, unless ``stages``
     are given; a model that cannot be loaded raises); then each input runs, and one
     that fails is reported and the others go on. Returns one result per input, in
-    input order. Ctrl-C (KeyboardInterrupt) propagates.
+    input order. Ctrl-C (KeyboardInterrupt, SIGTERM/SIGHUP as ``Interrupted``) propagates.
+
+    isolate: run the inputs in a worker process (:mod:`affstream.pipeline.workers`), so
+    that a native crash fails only the input it happened on. Default: when ``config``
+    is given and more than one input is readable. Loaded ``stages`` run in-process.
+    overwrite: replace existing files under the output names that affstream did not
+    write (never an input itself).
     """
     if (config is None) == (stages is None):
         raise ValueError("annotate_inputs(): give exactly one of config= or stages=")
     observer = observer or InputObserver()
     inputs = list(inputs)
-    check_outputs(inputs, out_dir)
+    check_outputs(inputs, out_dir, overwrite=overwrite)
     results = preflight(inputs)
     for result in results:
         if result is not None:
             observer.finished(result)
-    if any(r is None for r in results) and stages is None:
+    readable = [item for item, result in zip(inputs, results, strict=True) if result is None]
+    if not readable:
+        return [r for r in results if r is not None]
+    if isolate is None:
+        isolate = stages is None and len(readable) > 1
+    if isolate and stages is None:
+        from .workers import run_isolated
+
+        done = iter(run_isolated(readable, out_dir, config, observer, overwrite=overwrite))
+        return [r if r is not None else next(done) for r in results]
+    if stages is None:
         from . import load_stages  # looked up at call time (tests may replace it)
 
         stages = load_stages(config)
-    if stages is not None and any(r is None for r in results):
-        observer.loaded(stages)
-    for k, item in enumerate(inputs):
-        if results[k] is None:
-            results[k] = annotate_one(item, out_dir, stages, observer)
-    return [r for r in results if r is not None]
+    observer.loaded(stages.meaningful)
+    return [r if r is not None else annotate_one(item, out_dir, stages, observer, overwrite=overwrite)
+            for item, r in zip(inputs, results, strict=True)]
 
 
 # ---------------------------------------------------------------------- features only
@@ -320,7 +339,8 @@ def iter_face_features(video: str | Path, stages: Stages, *,
     """Per decoded frame (in order): its tracked faces and their (n_faces, D) float32
     features. ``stages`` may have been loaded without a head."""
     config = stages.config
-    source = open_source(video, threads=config.decode.threads, stats=stats)
+    source = open_source(video, threads=config.decode.threads,
+                         video_stream=config.decode.video_stream, stats=stats)
     frames = _prefetched(source, config)
     try:
         for chunk in iter_face_chunks(FaceSteps(stages), frames, config.schedule):

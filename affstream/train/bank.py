@@ -29,25 +29,33 @@ L2-normalised CLIP image embeddings (as stored; float16 costs < 1e-3 per value).
 The labels use the encodings of :mod:`affstream.train.affwild` (expr -1, au -1, va NaN
 for unannotated frames).
 
-Writing is resumable: each person's files are written under temporary names and
-renamed, then ``index.json`` is replaced atomically. A person is in the bank only once
+Writing is resumable: each person's three files are written under temporary names and
+renamed once all three are complete, then ``index.json`` is replaced atomically. A person is in the bank only once
 the index lists it, so an interrupted run redoes at most the person it was writing.
-One writer at a time per bank.
+One writer at a time per bank. An output that cannot be written is a one-line
+:class:`~affstream.errors.OutputError` (checked before a bank is opened for writing,
+see :func:`check_bank_output`; a later failed write leaves the bank as it was).
+
+``index.json`` is untrusted input: it is validated whole before use (every field's
+type and range, each person's name and ``file``), and a problem is a one-line
+DataError naming the file and the dotted field, e.g. ``people.vid01.n_frames``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
-from ..files import PARTIAL_TAG, atomic_path
+from ..errors import DataError, first_line
+from ..files import PARTIAL_TAG, atomic_path, check_output_file, check_output_folder, make_folder, output_error
 from ..labels import TASKS
-from .affwild import SPLITS, PersonLabels, unannotated
+from .affwild import SPLITS, TEST_SPLIT, PersonLabels, unannotated
 
 log = logging.getLogger("affstream")
 
@@ -59,6 +67,11 @@ DTYPES = ("float16", "float32")
 SOURCES = ("crops", "videos")
 TMP_MARK = ".tmp-"
 _ENTRY_KEYS = ("video", "split", "n_frames", "n_missing", "file")
+KNOWN_SPLITS: tuple[str, ...] = (*SPLITS, TEST_SPLIT)
+N_FRAMES_SOURCES = ("video", "crops")
+MAX_FEATURE_DIM = 65536
+MAX_NAME_BYTES = 200  # file names of its temporary files stay within 255 bytes
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def person_files(name: str) -> tuple[str, str, str]:
@@ -67,12 +80,36 @@ def person_files(name: str) -> tuple[str, str, str]:
             f"{PEOPLE_DIR}/{name}.labels.npz")
 
 
+def _name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a person of a bank (it names files under ``people/``), or None."""
+    if not isinstance(name, str) or not name:
+        return "is empty"
+    if "/" in name or "\\" in name or "\0" in name:
+        return "contains a path separator or a NUL character"
+    if name.startswith("."):
+        return "starts with a dot"
+    if TMP_MARK in name:
+        return f"contains '{TMP_MARK}'"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
 def _check_name(name: str) -> None:
-    if not name or "/" in name or "\\" in name or name.startswith(".") or TMP_MARK in name:
+    if _name_problem(name) is not None:
         raise DataError(f"person name '{name}' cannot be stored in a feature bank; rename its annotation files")
 
 
 # --------------------------------------------------------------------------- index
+
+
+def check_bank_output(path: str | Path) -> None:
+    """OutputError (one line) unless a bank can be written at ``path``: the folder and its
+    ``people/`` folder exist as writable folders or can be created, ``index.json`` is
+    not a folder. Creates nothing (see :func:`affstream.files.check_output_folder`)."""
+    path = Path(path)
+    check_output_file(path / INDEX_NAME)
+    check_output_folder(path / PEOPLE_DIR)
 
 
 def _read_index(path: Path) -> dict[str, Any]:
@@ -81,45 +118,118 @@ def _read_index(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: not a feature bank ({INDEX_NAME} missing); build one with 'affstream features'")
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{index_path}: unreadable feature bank index ({exc}); rebuild the bank") from None
+    except (OSError, UnicodeDecodeError, RecursionError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise DataError(f"{index_path}: unreadable feature bank index ({first_line(exc, 200)}); rebuild the bank") from None
     _validate_index(index_path, index)
     return index
 
 
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _shown(value: Any) -> str:
+    """``'12' (a string)``: a value quoted from the index, short, with its JSON type."""
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{text} ({_json_type(value)})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _validate_index(index_path: Path, index: Any) -> None:
-    def bad(problem: str) -> DataError:
-        return DataError(f"{index_path}: {problem}; rebuild the bank with 'affstream features'")
+    """DataError (one line, naming the file and the dotted field) unless ``index`` is a
+    well-formed version-1 index: every field of the module docstring present with its
+    type and range, every person's name storable and its ``file`` its own
+    ``people/NAME.npy`` (never a path elsewhere)."""
+
+    def bad(field: str, problem: str) -> DataError:
+        return DataError(f"{index_path}: {field} {problem}; rebuild the bank with 'affstream features'")
 
     if not isinstance(index, dict) or index.get("format") != BANK_FORMAT:
-        raise bad(f"not an {BANK_FORMAT} index")
-    if index.get("version") != BANK_VERSION:
-        raise bad(f"bank version {index.get('version')!r} is not supported (expected {BANK_VERSION})")
+        raise DataError(f"{index_path}: not an {BANK_FORMAT} index; give the folder of a bank built "
+                        "with 'affstream features'")
+    version = index.get("version")
+    if not _is_int(version) or version != BANK_VERSION:
+        raise bad("version", f"{_shown(version)} is not supported (expected {BANK_VERSION})")
     if not isinstance(index.get("backbone"), str) or not index["backbone"]:
-        raise bad("'backbone' missing")
-    if not isinstance(index.get("feature_dim"), int) or index["feature_dim"] <= 0:
-        raise bad("'feature_dim' missing or not a positive integer")
-    if index.get("dtype") not in DTYPES:
-        raise bad(f"'dtype' must be one of {', '.join(DTYPES)}")
-    if index.get("source") not in SOURCES:
-        raise bad(f"'source' must be one of {', '.join(SOURCES)}")
+        raise bad("backbone", f"must be a non-empty string, got {_shown(index.get('backbone'))}")
+    sha = index.get("backbone_sha256")
+    if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+        raise bad("backbone_sha256", f"must be null or a sha256 hex digest, got {_shown(sha)}")
+    dim = index.get("feature_dim")
+    if not _is_int(dim) or not 1 <= dim <= MAX_FEATURE_DIM:
+        raise bad("feature_dim", f"must be an integer from 1 to {MAX_FEATURE_DIM}, got {_shown(dim)}")
+    for field, allowed in (("dtype", DTYPES), ("source", SOURCES)):
+        value = index.get(field)
+        if not isinstance(value, str) or value not in allowed:
+            raise bad(field, f"must be one of {', '.join(allowed)}, got {_shown(value)}")
     people = index.get("people")
     if not isinstance(people, dict):
-        raise bad("'people' missing")
+        raise bad("people", f"must be an object of people, got {_shown(people)}")
     for name, entry in people.items():
-        if not isinstance(entry, dict) or any(k not in entry for k in _ENTRY_KEYS):
-            raise bad(f"entry of '{name}' lacks one of {', '.join(_ENTRY_KEYS)}")
+        _validate_entry(bad, name, entry)
 
 
-def _write_atomic(target: Path, write) -> None:
-    """Call ``write(binary_file)`` on a temporary sibling, then publish it as ``target``."""
-    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
-        write(handle)
+def _validate_entry(bad, name: str, entry: Any) -> None:
+    where = f"people.{name}"
+    problem = _name_problem(name)
+    if problem is not None:
+        raise bad(where, f"is not a person name a bank can hold (it {problem})")
+    if not isinstance(entry, dict):
+        raise bad(where, f"must be an object, got {_shown(entry)}")
+    for key in _ENTRY_KEYS:
+        if key not in entry:
+            raise bad(f"{where}.{key}", "is missing")
+    if not isinstance(entry["video"], str) or not entry["video"]:
+        raise bad(f"{where}.video", f"must be a non-empty string, got {_shown(entry['video'])}")
+    if not isinstance(entry["split"], str) or entry["split"] not in KNOWN_SPLITS:
+        raise bad(f"{where}.split", f"must be one of {', '.join(KNOWN_SPLITS)}, got {_shown(entry['split'])}")
+    n_frames = entry["n_frames"]
+    if not _is_int(n_frames) or n_frames < 0:
+        raise bad(f"{where}.n_frames", f"must be an integer >= 0, got {_shown(n_frames)}")
+    n_missing = entry["n_missing"]
+    if not _is_int(n_missing) or not 0 <= n_missing <= n_frames:
+        raise bad(f"{where}.n_missing", f"must be an integer from 0 to n_frames ({n_frames}), got {_shown(n_missing)}")
+    expected = person_files(name)[0]
+    if entry["file"] != expected:
+        raise bad(f"{where}.file", f"must be '{expected}', got {_shown(entry['file'])}")
+    source = entry.get("n_frames_source")
+    if source is not None and source not in N_FRAMES_SOURCES:
+        raise bad(f"{where}.n_frames_source", f"must be one of {', '.join(N_FRAMES_SOURCES)}, got {_shown(source)}")
+
+
+def _write_atomic(*files: tuple[Path, Any]) -> None:
+    """For each ``(target, write)``, call ``write(binary_file)`` on a temporary sibling of
+    ``target``; once all are written, publish them under their names.
+
+    OutputError (one line, naming the target) if one cannot be written; then none is
+    published and every target is left as it was.
+    """
+    with contextlib.ExitStack() as stack:
+        for target, write in files:
+            tmp = stack.enter_context(atomic_path(target))
+            try:
+                with open(tmp, "wb") as handle:
+                    write(handle)
+            except OSError as exc:
+                raise output_error(target, exc) from None
 
 
 def _write_index(path: Path, index: dict[str, Any]) -> None:
     data = json.dumps(index, indent=1, sort_keys=True).encode("utf-8")
-    _write_atomic(path / INDEX_NAME, lambda f: f.write(data))
+    _write_atomic((path / INDEX_NAME, lambda f: f.write(data)))
 
 
 # --------------------------------------------------------------------------- reading
@@ -247,16 +357,15 @@ class BankWriter:
         wanted = {"format": BANK_FORMAT, "version": BANK_VERSION, "backbone": str(backbone),
                   "backbone_sha256": backbone_sha256, "feature_dim": int(feature_dim),
                   "dtype": dtype, "source": source}
+        check_bank_output(self.path)
         if (self.path / INDEX_NAME).exists():
             self._index = _read_index(self.path)
             self._check_compatible(wanted)
+            make_folder(self.path / PEOPLE_DIR)
         else:
-            if self.path.exists() and not self.path.is_dir():
-                raise DataError(f"{self.path}: exists and is not a folder; choose another output")
             self._index = {**wanted, "people": {}}
-            (self.path / PEOPLE_DIR).mkdir(parents=True, exist_ok=True)
+            make_folder(self.path / PEOPLE_DIR)
             _write_index(self.path, self._index)
-        (self.path / PEOPLE_DIR).mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()
 
     @property
@@ -282,7 +391,10 @@ class BankWriter:
         people = self.path / PEOPLE_DIR
         for tmp in [*people.glob(f"*{TMP_MARK}*"), *people.glob(f".*{PARTIAL_TAG}*")]:
             log.info("removing %s left by an interrupted run", tmp)
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError as exc:  # harmless: never under a final name, the person is redone
+                log.warning("%s: could not remove this leftover of an interrupted run (%s)", tmp, exc.strerror or exc)
 
     def has(self, name: str) -> bool:
         """True if ``name`` is complete in the bank (listed in the index, files present)."""
@@ -299,7 +411,9 @@ class BankWriter:
 
         Rows where ``present`` is False are stored as zeros whatever their values.
         Replaces the person if already stored. Raises DataError if shapes disagree
-        with ``labels.n_frames`` / the bank's feature_dim, or features are not finite.
+        with ``labels.n_frames`` / the bank's feature_dim, or features are not finite;
+        OutputError (one line) if the files cannot be written (then none of them is
+        published and the index is unchanged).
         """
         name = labels.name
         _check_name(name)
@@ -320,10 +434,9 @@ class BankWriter:
         label_arrays = self._label_arrays(labels)
 
         feat_rel, present_rel, labels_rel = person_files(name)
-        _write_atomic(self.path / feat_rel, lambda f: np.save(f, stored, allow_pickle=False))
-        _write_atomic(self.path / present_rel,
-                      lambda f: np.save(f, present.astype(np.bool_), allow_pickle=False))
-        _write_atomic(self.path / labels_rel, lambda f: np.savez(f, **label_arrays))
+        _write_atomic((self.path / feat_rel, lambda f: np.save(f, stored, allow_pickle=False)),
+                      (self.path / present_rel, lambda f: np.save(f, present.astype(np.bool_), allow_pickle=False)),
+                      (self.path / labels_rel, lambda f: np.savez(f, **label_arrays)))
 
         self._index["people"][name] = {
             "video": labels.video, "split": labels.split, "n_frames": int(n),

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from ..files import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text, make_folder, output_error
 from ..heads.base import checkpoint_paths
 
 log = logging.getLogger("affstream")
@@ -92,10 +92,15 @@ def _host(t: torch.Tensor) -> torch.Tensor:
 
 
 def save_resume(path: Path, state: ResumeState) -> None:
-    """Write ``state`` into the folder ``path`` (created if needed), consistently."""
+    """Write ``state`` into the folder ``path`` (created if needed), consistently.
+
+    OutputError (one line) if it cannot be written; the state saved before is then
+    still the one :func:`load_resume` reads.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    path.mkdir(parents=True, exist_ok=True)
+    make_folder(path)
     optim_tensors, optim_meta = _split_optimizer(state.optimizer)
     tensors = {f"model/{k}": _host(v) for k, v in state.model.items()}
     tensors.update({f"best/{k}": _host(v) for k, v in state.best.items()})
@@ -103,8 +108,11 @@ def save_resume(path: Path, state: ResumeState) -> None:
     tensors["rng/torch"] = _host(state.rng_torch)
     tensors.update({f"rng/cuda/{i}": _host(r) for i, r in enumerate(state.rng_cuda)})
     name = f"epoch-{state.epoch:04d}.safetensors"
-    with atomic_path(path / name) as tmp:
-        save_file(tensors, str(tmp))
+    try:
+        with atomic_path(path / name) as tmp:
+            save_file(tensors, str(tmp))
+    except (OSError, SafetensorError) as exc:
+        raise output_error(path / name, exc) from None
     meta = {
         "format": RESUME_FORMAT, "version": RESUME_VERSION, "tensors": name,
         "epoch": state.epoch, "step": state.step, "config": state.config,
@@ -115,7 +123,10 @@ def save_resume(path: Path, state: ResumeState) -> None:
     atomic_write_text(path / STATE_FILE, json.dumps(meta, indent=1, sort_keys=True))
     for old in path.glob("epoch-*.safetensors*"):
         if old.name != name:
-            old.unlink(missing_ok=True)
+            try:
+                old.unlink(missing_ok=True)
+            except OSError as exc:  # harmless: state.json names the current file
+                log.warning("%s: could not remove an older resume file (%s)", old, exc.strerror or exc)
 
 
 def load_resume(path: Path) -> ResumeState | None:
@@ -149,7 +160,13 @@ def load_resume(path: Path) -> ResumeState | None:
 
 
 def remove_resume(path: Path) -> None:
-    """Delete the resume folder (after a completed run)."""
+    """Delete the resume folder (after a completed run); a folder that cannot be
+    deleted is left with a warning (the head is written by then)."""
     if path.is_dir():
-        shutil.rmtree(path)
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            log.warning("%s: could not remove the resume state of the finished run (%s); delete it by hand",
+                        path, exc.strerror or exc)
+            return
         log.info("removed resume state %s", path)

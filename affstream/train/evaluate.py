@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, check_output_file
 from ..heads.base import AffectHead, HeadCard, checkpoint_paths
 from ..labels import AU_LABELS, EXPR_LABELS, TASK_WIDTHS
 from ..temporal.windows import gather_windows, plan_windows, stitch_windows
@@ -252,10 +252,19 @@ def check_compatible(card: HeadCard, bank: FeatureBank, head_path: str | Path) -
 
 
 def write_card(card: HeadCard, head_path: str | Path) -> Path:
-    """Replace the JSON card of ``head_path`` atomically (temp file, then rename)."""
+    """Replace the JSON card of ``head_path`` atomically (temp file, then rename).
+
+    OutputError (one line) if it cannot be written; the card is then left as it was.
+    """
     _, card_path = checkpoint_paths(head_path)
     atomic_write_text(card_path, card.to_json() + "\n")
     return card_path
+
+
+def check_card_output(head_path: str | Path) -> None:
+    """OutputError (one line) unless the card of ``head_path`` can be replaced (its
+    folder is writable, the card is not a folder). Creates nothing."""
+    check_output_file(checkpoint_paths(head_path)[1])
 
 
 def split_people(bank: FeatureBank, split: str) -> list[str]:
@@ -286,7 +295,34 @@ def evaluate_head(
     Tuning on the evaluated split itself is allowed but logged: its score is optimistic.
 
     Raises ConfigError if the bank's backbone / feature_dim differ from the head's,
-    DataError for a missing bank or an empty split, WeightsError for a bad checkpoint.
+    DataError for a missing bank or an empty split, WeightsError for a bad checkpoint,
+    OutputError if the card cannot be written (checked before anything is scored; a
+    write failing anyway loses the result: :func:`score_head` returns it first).
+    """
+    if tune_thresholds:
+        check_card_output(head_path)
+    result, tuned = score_head(features_dir, head_path, split=split, tune_thresholds=tune_thresholds,
+                               tune_split=tune_split, device=device)
+    if tuned is not None:
+        write_card(tuned, head_path)
+        log.info("AU thresholds tuned on %s written to the card of %s", tune_split, head_path)
+    return result
+
+
+def score_head(
+    features_dir: str | Path,
+    head_path: str | Path,
+    *,
+    split: str = "Validation_Set",
+    tune_thresholds: bool = False,
+    tune_split: str = "Train_Set",
+    device: str = "auto",
+) -> tuple[dict[str, Any], HeadCard | None]:
+    """:func:`evaluate_head` without writing anything: ``(result, tuned card)``.
+
+    The tuned card (None without ``tune_thresholds``) is the head's card with the tuned
+    thresholds, for the caller to store with :func:`write_card` -- after it has kept
+    the result, so that metrics computed are never lost to a card that cannot be written.
     """
     from ..heads.base import load_head_checkpoint, read_card
     from ..runtime import resolve_device
@@ -294,35 +330,32 @@ def evaluate_head(
     bank = FeatureBank.open(features_dir)
     card = read_card(head_path)
     check_compatible(card, bank, head_path)
+    if tune_thresholds and "au" not in card.tasks:
+        raise ConfigError(f"{head_path}: --tune-thresholds needs a head that predicts AUs")
     dev = resolve_device(device)
     head, _ = load_head_checkpoint(head_path, dev)
     names = split_people(bank, split)
     pooled = pool(bank, predict_people(head, bank, names, dev), card.tasks)
-    thresholds = np.asarray(card.au_thresholds, dtype=np.float64)
+    tuned = None
     if tune_thresholds:
-        card = _tune_thresholds(card, head, bank, head_path, tune_split, split, dev)
-        thresholds = np.asarray(card.au_thresholds, dtype=np.float64)
+        card = tuned = _tune_thresholds(card, head, bank, tune_split, split, dev)
+    thresholds = np.asarray(card.au_thresholds, dtype=np.float64)
     result = score(pooled, card.tasks, thresholds)
     if "au" in card.tasks:
         result["au_thresholds"] = {label: float(t) for label, t in zip(AU_LABELS, thresholds, strict=True)}
         result["au_thresholds_tuned_on"] = card.metrics.get("au_thresholds_tuned_on")
     result["split"] = split
     result["people"] = len(names)
-    return result
+    return result, tuned
 
 
-def _tune_thresholds(card: HeadCard, head: AffectHead, bank: FeatureBank, head_path, tune_split: str,
+def _tune_thresholds(card: HeadCard, head: AffectHead, bank: FeatureBank, tune_split: str,
                      split: str, device: torch.device) -> HeadCard:
-    """Tune per-AU thresholds on ``tune_split`` and write them into the head's card."""
-    if "au" not in card.tasks:
-        raise ConfigError(f"{head_path}: --tune-thresholds needs a head that predicts AUs")
+    """The card with per-AU thresholds tuned on ``tune_split`` (not written here)."""
     if tune_split == split:
         log.warning("AU thresholds tuned on %s, the split being scored: its AU F1 is optimistic", split)
     tuning = pool(bank, predict_people(head, bank, split_people(bank, tune_split), device), ("au",))
     tuned = metrics.tune_au_thresholds(tuning.truth["au"], _sigmoid(tuning.scores["au"]))
     thresholds = tuple(float(t) for t in np.round(tuned, 6))  # 0.55, not 0.5499999...
-    card = dataclasses.replace(card, au_thresholds=thresholds,
+    return dataclasses.replace(card, au_thresholds=thresholds,
                                metrics={**card.metrics, "au_thresholds_tuned_on": tune_split})
-    write_card(card, head_path)
-    log.info("AU thresholds tuned on %s written to the card of %s", tune_split, head_path)
-    return card

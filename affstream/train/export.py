@@ -19,11 +19,13 @@ Test-set people (``affstream features --test-list``, split ``Test_Set``) are exp
 like any other: every frame 1..n_frames of the bank. Those whose n_frames came from
 their last crop because no video was at hand (``"n_frames_source": "crops"``) are
 listed in the summary: frames after their last crop are not in the file.
-Files are written under temporary names and renamed once all are complete.
+Files are written under temporary names and renamed once all are complete; the
+output folder is checked before anything is predicted (:func:`check_export_output`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from ..files import atomic_write_text
+from ..errors import ConfigError, DataError, OutputError
+from ..files import atomic_path, check_output_file, check_output_folder, make_folder, output_error
 from ..labels import AU_LABELS, EXPR_LABELS, VA_LABELS
 from .bank import FeatureBank
 from .datasets import MemmapCache
@@ -123,7 +125,8 @@ def export_abaw(
     [names], "filled_without_face": frames of those people, "n_frames_from_crops":
     [names whose frame count is their last crop number, not their video's]}``.
     Raises ConfigError for a head/bank backbone mismatch or a task the head lacks,
-    DataError for unknown people or an empty split.
+    DataError for unknown people or an empty split, OutputError if the files cannot be
+    written (checked before any prediction; a write failing anyway publishes none).
     """
     from ..heads.base import load_head_checkpoint, read_card
     from ..runtime import resolve_device
@@ -132,6 +135,7 @@ def export_abaw(
     card = read_card(head_path)
     check_compatible(card, bank, head_path)
     tasks = _tasks(task, card.tasks, head_path)
+    check_export_output(out_dir, tasks)
     names = resolve_people(bank, people, split)
     dev = resolve_device(device)
     head, _ = load_head_checkpoint(head_path, dev)
@@ -184,11 +188,26 @@ def _defaults(per_person: dict[str, dict[str, np.ndarray] | None], tasks: Sequen
     return default
 
 
+def check_export_output(out_dir: str | Path, tasks: Sequence[str] = ()) -> None:
+    """OutputError (one line) unless ``out_dir`` is a writable folder or can be created
+    as one, and the files of ``tasks`` in it are not folders. Creates nothing."""
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir)
+    for task in tasks:
+        check_output_file(out_dir / EXPORT_FILES[task])
+
+
 def _write_all(out_dir: Path, lines: dict[str, list[str]]) -> dict[str, Path]:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir}: exists and is not a folder; choose another output")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write every task's file under a temporary name; rename them only once all are
+    complete, so a failed write leaves no new file (OutputError, one line)."""
+    make_folder(out_dir)
     targets = {task: out_dir / EXPORT_FILES[task] for task in lines}
-    for task, content in lines.items():
-        atomic_write_text(targets[task], "\n".join(content) + "\n")
+    with contextlib.ExitStack() as stack:
+        for task, content in lines.items():
+            tmp = stack.enter_context(atomic_path(targets[task]))
+            try:
+                with open(tmp, "w", encoding="utf-8", newline="") as handle:
+                    handle.write("\n".join(content) + "\n")
+            except OSError as exc:
+                raise OutputError(f"{output_error(targets[task], exc)}; no submission file was written") from None
     return targets

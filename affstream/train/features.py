@@ -9,8 +9,15 @@ Two sources of face images:
     video's folder cannot say which of the two it shows, so the person fails. Crops
     numbered beyond the annotated frames are ignored up to ``LENGTH_TOLERANCE_FRAMES``
     frames; further beyond, the person fails (crops and annotation do not match).
-    Any image size is accepted; each crop is resized to the backbone's input size
-    (bicubic, antialiased) and normalised with the backbone's mean/std.
+    Each crop is resized to the backbone's input size (bicubic, antialiased) and
+    normalised with the backbone's mean/std. Crops are untrusted: a crop's header is
+    read first (:func:`crop_size`: JPEG or PNG, at most ``MAX_CROP_SIDE`` pixels a
+    side, so a decompression bomb is never decoded), and a crop that fails that check
+    or does not decode (truncated, corrupt) is a *missing frame*, like a frame the
+    organizers found no face in: logged with its file name and counted per person in
+    the summary (``"unreadable"``). One bad file among a person's thousands of crops
+    thus costs one frame, not the person (who would then be absent from training and
+    from a submission); a person none of whose crops can be used fails.
 
 ``videos``: ``ROOT/videos/VIDEO.EXT`` run through affstream's own pipeline
     (decode -> detect -> track -> align -> embed), decoded once per video. The
@@ -51,7 +58,10 @@ labels, and one row per frame 1..n_frames, where n_frames is
 In both cases a frame with a label but no face keeps its row, marked missing
 (``present`` False, zero features): labels are never shifted. One person's failure
 (missing crop folder, unreadable video, length mismatch) is logged and reported in the summary; the run
-goes on with the others.
+goes on with the others. A bank that cannot be written (checked before the backbone is
+loaded, see :func:`affstream.train.bank.check_bank_output`; or a later write failing,
+e.g. a full disk) stops the run with an OutputError: the people already written stay
+in the bank, and the same command resumes.
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,7 +77,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AffstreamError, ConfigError, DataError
+from ..errors import AffstreamError, ConfigError, DataError, OutputError, first_line
 from .affwild import (
     LENGTH_TOLERANCE_FRAMES,
     SPLITS,
@@ -79,7 +90,7 @@ from .affwild import (
     side_of,
     test_person,
 )
-from .bank import DTYPES, SOURCES, BankWriter
+from .bank import DTYPES, SOURCES, BankWriter, check_bank_output
 from .person_tracks import TrackBoxes, choose_tracks
 
 log = logging.getLogger("affstream")
@@ -89,11 +100,17 @@ VIDEOS_DIR = "videos"
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 CROP_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 _CROP_NAME = re.compile(r"^(\d+)$")
+MAX_CROP_SIDE = 4096
+"""Largest width or height a crop's header may declare (face crops are a few hundred)."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+_JPEG_MAX_SEGMENTS = 1024  # segments before the frame header: a handful in real files
 _LOAD_THREADS = 4
 
 Progress = Callable[[str, int, int], None]
-_Result = tuple[PersonLabels, np.ndarray, np.ndarray, dict[str, Any]]
-"""A person ready for the bank: labels, features, present flags, extra index fields."""
+_Result = tuple[PersonLabels, np.ndarray, np.ndarray, dict[str, Any], int]
+"""A person ready for the bank: labels, features, present flags, extra index fields,
+number of unreadable crops (kept as missing frames)."""
 
 
 # --------------------------------------------------------------------------- crops
@@ -156,19 +173,87 @@ def check_crop_range(crop_dir: Path, crops: dict[int, Path], labels: PersonLabel
     )
 
 
-def _load_crop(path: Path, size: int) -> np.ndarray | None:
-    """(size, size, 3) uint8 RGB, or None if the image cannot be read."""
+def crop_size(path: Path) -> tuple[int, int]:
+    """(width, height) a JPEG or PNG crop declares in its header, read without decoding.
+
+    DataError (naming the file) if the file is neither a JPEG nor a PNG, its header is
+    truncated or corrupt, or it declares more than ``MAX_CROP_SIDE`` pixels a side (a
+    face crop is a few hundred; a header declaring 30000x30000 is a decompression bomb,
+    which would take gigabytes to decode).
+    """
+    try:
+        with open(path, "rb") as handle:
+            size = _png_size(handle) if handle.read(8) == _PNG_SIGNATURE else _jpeg_size(handle)
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable crop ({exc.strerror or exc}); check its permissions") from None
+    if isinstance(size, str):
+        raise DataError(f"{path}: unreadable crop ({size}); replace or delete it")
+    width, height = size
+    if not (1 <= width <= MAX_CROP_SIDE and 1 <= height <= MAX_CROP_SIDE):
+        raise DataError(f"{path}: unreadable crop (its header declares {width}x{height} pixels, a face crop has "
+                        f"at most {MAX_CROP_SIDE}x{MAX_CROP_SIDE}); replace or delete it")
+    return width, height
+
+
+def _png_size(handle) -> tuple[int, int] | str:
+    """Size from the IHDR chunk that must follow the PNG signature (already read)."""
+    chunk = handle.read(16)
+    if len(chunk) < 16 or chunk[4:8] != b"IHDR":
+        return "truncated or corrupt PNG header"
+    return int.from_bytes(chunk[8:12], "big"), int.from_bytes(chunk[12:16], "big")
+
+
+def _jpeg_size(handle) -> tuple[int, int] | str:
+    """Size from the first SOF segment of a JPEG (segments before it are skipped)."""
+    handle.seek(0)
+    if handle.read(2) != b"\xff\xd8":
+        return "not a JPEG or PNG image"
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        byte = handle.read(1)
+        if byte != b"\xff":
+            return "corrupt JPEG header" if byte else "truncated JPEG header"
+        marker = handle.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = handle.read(1)
+        if not marker:
+            return "truncated JPEG header"
+        code = marker[0]
+        if code == 0x01 or 0xD0 <= code <= 0xD8:  # markers without a segment
+            continue
+        if code in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return "corrupt JPEG header (no frame header before the image data)"
+        length = handle.read(2)
+        if len(length) < 2 or int.from_bytes(length, "big") < 2:
+            return "truncated or corrupt JPEG header"
+        if code in _JPEG_SOF:
+            frame = handle.read(5)
+            if len(frame) < 5:
+                return "truncated JPEG header"
+            return int.from_bytes(frame[3:5], "big"), int.from_bytes(frame[1:3], "big")
+        handle.seek(int.from_bytes(length, "big") - 2, 1)
+    return "corrupt JPEG header (no frame header)"
+
+
+def _load_crop(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
+    """``(image, None)`` with image (size, size, 3) uint8 RGB, or ``(None, problem)`` if
+    the crop cannot be used (see :func:`crop_size`; also a truncated or undecodable
+    image body). The header is checked before anything is decoded."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        crop_size(path)
+        with Image.open(path, formats=("JPEG", "PNG")) as image:
             image = image.convert("RGB")
             if image.size != (size, size):
                 image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
-            return np.asarray(image, dtype=np.uint8)
-    except (OSError, ValueError) as exc:
-        log.warning("%s: unreadable crop (%s); frame kept as missing", path, exc)
-        return None
+            return np.asarray(image, dtype=np.uint8), None
+    except DataError as exc:
+        problem = str(exc)
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as exc:
+        # Pillow's errors for a body that does not decode (truncated, corrupt)
+        problem = f"{path}: unreadable crop (cannot decode it: {first_line(exc, 200)}); replace or delete it"
+    log.warning("%s (frame kept as missing)", problem)
+    return None, problem
 
 
 def _embed_uint8(backbone, images: np.ndarray) -> np.ndarray:
@@ -184,14 +269,18 @@ def _embed_uint8(backbone, images: np.ndarray) -> np.ndarray:
 
 
 def embed_crops(backbone, crops: dict[int, Path], n_frames: int, batch_size: int,
-                dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """Features (n_frames, D) in ``dtype`` and present (n_frames,) bool for ``crops``.
+                dtype: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Features (n_frames, D) in ``dtype``, present (n_frames,) bool for ``crops``, and
+    the problems of the crops that could not be used (one message per file).
 
-    Row k-1 is frame k; frames without a (readable) crop stay zero and not present.
-    The next batch of JPEGs is decoded on threads while the current one is embedded.
+    Row k-1 is frame k; frames without a usable crop stay zero and not present: an
+    unreadable crop is a missing frame (logged, and counted in the summary of
+    :func:`build_feature_bank`). DataError if there are crops but none is usable.
+    The next batch of images is decoded on threads while the current one is embedded.
     """
     features = np.zeros((n_frames, backbone.feature_dim), dtype=dtype)
     present = np.zeros(n_frames, dtype=bool)
+    problems: list[str] = []
     items = list(crops.items())
     chunks = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
     size = int(backbone.image_size)
@@ -201,16 +290,20 @@ def embed_crops(backbone, crops: dict[int, Path], n_frames: int, batch_size: int
 
         pending = submit(chunks[0]) if chunks else []
         for i, chunk in enumerate(chunks):
-            images = [future.result() for future in pending]
+            loaded = [future.result() for future in pending]
             pending = submit(chunks[i + 1]) if i + 1 < len(chunks) else []
-            frames = [frame for (frame, _), image in zip(chunk, images, strict=True) if image is not None]
-            images = [image for image in images if image is not None]
+            problems.extend(problem for _, problem in loaded if problem is not None)
+            frames = [frame for (frame, _), (image, _) in zip(chunk, loaded, strict=True) if image is not None]
+            images = [image for image, _ in loaded if image is not None]
             if not images:
                 continue
             rows = np.asarray(frames, dtype=np.int64) - 1
             features[rows] = _embed_uint8(backbone, np.stack(images))
             present[rows] = True
-    return features, present
+    if items and len(problems) == len(items):
+        raise DataError(f"none of the {len(items)} crop(s) of {items[0][1].parent} can be used "
+                        f"(first: {problems[0]})")
+    return features, present, problems
 
 
 def _missing_crop_dir(root: Path, labels: PersonLabels) -> DataError:
@@ -219,14 +312,14 @@ def _missing_crop_dir(root: Path, labels: PersonLabels) -> DataError:
                      "check the dataset root or use --source videos")
 
 
-def _person_from_crops(root: Path, labels: PersonLabels, backbone, batch_size: int,
-                       dtype: str) -> tuple[np.ndarray, np.ndarray]:
+def _person_from_crops(root: Path, labels: PersonLabels, backbone, batch_size: int, dtype: str) -> _Result:
     crop_dir = find_crop_dir(root, labels)
     if crop_dir is None:
         raise _missing_crop_dir(root, labels)
     check_crop_range(crop_dir, numbered_crops(crop_dir), labels)
     crops = list_crops(crop_dir, labels.n_frames)
-    return embed_crops(backbone, crops, labels.n_frames, batch_size, dtype)
+    features, present, problems = embed_crops(backbone, crops, labels.n_frames, batch_size, dtype)
+    return labels, features, present, {}, len(problems)
 
 
 def largest_crop_number(crop_dir: Path) -> int:
@@ -253,8 +346,8 @@ def _test_person_from_crops(root: Path, name: str, backbone, batch_size: int, dt
         log.warning("%s: no video under %s, frame count %d taken from the last crop; faceless frames "
                     "after it cannot be known without the video", name, root / VIDEOS_DIR, n_frames)
     person = dataclasses.replace(person, n_frames=n_frames)
-    features, present = embed_crops(backbone, list_crops(crop_dir, n_frames), n_frames, batch_size, dtype)
-    return person, features, present, {"n_frames_source": origin}
+    features, present, problems = embed_crops(backbone, list_crops(crop_dir, n_frames), n_frames, batch_size, dtype)
+    return person, features, present, {"n_frames_source": origin}, len(problems)
 
 
 # --------------------------------------------------------------------------- videos
@@ -398,9 +491,12 @@ def build_feature_bank(
 
     Returns a summary: ``{"people": total, "done": written now, "skipped": already in
     the bank, "failed": {name: message}, "frames": rows written, "missing": rows
-    without a face}``. Raises DataError / ConfigError for a bad root, source, test list
+    without a face, "unreadable": {name: crops that could not be used (counted in
+    "missing")}}``. Raises DataError / ConfigError for a bad root, source, test list
     (a listed person who is annotated in ``splits``) or a bank built with another
-    backbone; per-person problems go to ``failed``.
+    backbone, OutputError for a bank that cannot be written (before the backbone is
+    loaded, or when a write fails: the run stops, people written so far are kept);
+    per-person problems go to ``failed``.
     """
     if source not in SOURCES:
         raise ConfigError(f"unknown feature source '{source}' (use crops or videos)")
@@ -415,6 +511,7 @@ def build_feature_bank(
     if not people and not tests:
         raise DataError(f"{root}: no annotation files found in {', '.join(splits)}; check the dataset root")
 
+    check_bank_output(out)
     from ..embed.backbone import load_backbone
 
     bb = load_backbone(backbone, device, batch_size=batch_size, precision="auto")
@@ -422,7 +519,7 @@ def build_feature_bank(
                         feature_dim=bb.feature_dim, dtype=dtype, source=source)
     total = len(people) + len(tests)
     summary: dict[str, Any] = {"people": total, "done": 0, "skipped": 0, "failed": {},
-                               "frames": 0, "missing": 0}
+                               "frames": 0, "missing": 0, "unreadable": {}}
     counter = _Counter(total, progress)
 
     todo = [p for p in people.values() if not writer.has(p.name)]
@@ -433,8 +530,8 @@ def build_feature_bank(
         counter.tick(name)
     if source == "crops":
         for person in todo:
-            _store(summary, writer, person.name, counter, lambda p=person: (
-                p, *_person_from_crops(root, p, bb, batch_size, dtype), {}))
+            _store(summary, writer, person.name, counter,
+                   lambda p=person: _person_from_crops(root, p, bb, batch_size, dtype))
         for name in test_todo:
             _store(summary, writer, name, counter,
                    lambda n=name: _test_person_from_crops(root, n, bb, batch_size, dtype))
@@ -469,9 +566,11 @@ class _Counter:
 
 
 def _record(summary: dict[str, Any], writer: BankWriter, result: _Result) -> None:
-    person, features, present, extra = result
+    person, features, present, extra, unreadable = result
     writer.add(person, features, present, extra)
     summary["done"] += 1
+    if unreadable:
+        summary["unreadable"][person.name] = unreadable
     summary["frames"] += person.n_frames
     summary["missing"] += int(person.n_frames - present.sum())
     log.info("%s: %d frames, %d missing", person.name, person.n_frames, person.n_frames - present.sum())
@@ -480,6 +579,8 @@ def _record(summary: dict[str, Any], writer: BankWriter, result: _Result) -> Non
 def _store(summary, writer, name: str, counter, compute: Callable[[], _Result]) -> None:
     try:
         _record(summary, writer, compute())
+    except OutputError:
+        raise  # the bank cannot be written: every later person would fail the same way
     except AffstreamError as exc:
         log.error("%s: %s", name, exc)
         summary["failed"][name] = str(exc)
@@ -503,6 +604,6 @@ def _store_video(summary, writer, root, video, group, counter, fn, pipeline, bb,
 
 def _checked(person: PersonLabels, n_decoded: int, path: Path, result) -> _Result:
     if person.split == TEST_SPLIT:
-        return test_person(person.name, n_decoded), *result, {"n_frames_source": "video"}
+        return test_person(person.name, n_decoded), *result, {"n_frames_source": "video"}, 0
     check_length(person, n_decoded, str(path))
-    return person, *result, {}
+    return person, *result, {}, 0

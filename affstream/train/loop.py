@@ -43,7 +43,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, OutputError
+from ..files import check_output_file, check_output_folder, make_folder, output_error
 from ..heads.base import AffectHead, HeadOutputs, checkpoint_paths, save_head
 from ..labels import AU_LABELS, EXPR_LABELS
 from .bank import FeatureBank
@@ -316,6 +317,16 @@ def _setup(features_dir, cfg: TrainConfig, out: Path, device: str) -> _Run:
     return _Run(cfg, bank, model, data, val_names, dev, stepper, base, steps)
 
 
+def check_train_output(out: str | Path) -> None:
+    """OutputError (one line) unless a training run can write the head ``out``:
+    OUT.safetensors and OUT.json are not folders, their folder and ``OUT.resume/``
+    exist as writable folders or can be created. Creates nothing."""
+    weights, card = checkpoint_paths(out)
+    check_output_file(weights)
+    check_output_file(card)
+    check_output_folder(resume_dir(out))
+
+
 def _check_resumable(state: ResumeState, cfg: TrainConfig, rdir: Path) -> None:
     saved = state.config
     differing = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v)
@@ -363,11 +374,18 @@ def train_head(
 
     Returns a summary: out, card, tasks, head, epochs, best_epoch, metrics (validation
     metrics of the kept epoch), history, train_samples, val_people, resumed_from.
+
+    The output is checked before the bank is read (:func:`check_train_output`). A write
+    that fails later is an OutputError saying what was kept: an epoch's state that
+    cannot be saved stops the run (the previous epoch's state stays in OUT.resume/);
+    a head that cannot be written after the last epoch leaves that epoch's state, from
+    which ``resume=True`` writes the head without training again.
     """
     cfg = make_config(task, head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                       loss=loss, alpha=alpha, sam=sam, rho=rho, width=width, dropout=dropout, d_model=d_model,
                       window_length=window_length, window_stride=window_stride, causal=causal, seed=seed)
     out = Path(out)
+    check_train_output(out)
     run = _setup(features_dir, cfg, out, device)
     rdir = resume_dir(out)
     saved = load_resume(rdir)
@@ -397,11 +415,17 @@ def train_head(
         if best_score is None or current is None or current > best_score:
             best_state, best_epoch, best_score, best_metrics = _state_copy(run.model), epoch, current, metrics
         history.append({"epoch": epoch, "train_loss": train_loss, "score": current})
-        save_resume(rdir, ResumeState(
+        state = ResumeState(
             epoch=epoch, step=step, config=cfg.to_dict(), model=run.model.state_dict(), best=best_state,
             optimizer=run.base.state_dict(), rng_torch=torch.get_rng_state(),
             rng_cuda=torch.cuda.get_rng_state_all() if run.device.type == "cuda" else [],
-            best_epoch=best_epoch, best_score=best_score, best_metrics=best_metrics, history=history))
+            best_epoch=best_epoch, best_score=best_score, best_metrics=best_metrics, history=history)
+        try:
+            save_resume(rdir, state)
+        except OutputError as exc:
+            kept = (f"epoch {epoch - 1} is kept in {rdir} (add --resume to continue from it)"
+                    if _has_resume(rdir) else "nothing was kept")
+            raise OutputError(f"{exc}; training stopped after epoch {epoch}, {kept}") from None
         log.info("epoch %d/%d: train loss %.4f, validation score %s", epoch, cfg.epochs, train_loss, current)
         if progress is not None:
             progress({"event": "epoch", "epoch": epoch, "epochs": cfg.epochs, "train_loss": train_loss,
@@ -411,15 +435,38 @@ def train_head(
 
 def _finish(run: _Run, out: Path, rdir: Path, best_state, best_epoch: int, best_metrics: dict[str, Any],
             history: list[dict[str, Any]], first_epoch: int) -> dict[str, Any]:
+    from safetensors import SafetensorError
+
     cfg, model = run.cfg, run.model
     model.load_state_dict(best_state)
     card_metrics = {**copy.deepcopy(best_metrics), "epoch": best_epoch, "split": cfg.val_split} if best_metrics else {}
     model.card = dataclasses.replace(model.card, config={**model.card.config, "training": cfg.to_dict()},
                                      metrics=card_metrics)
-    weights = save_head(model, out)
+    try:
+        make_folder(checkpoint_paths(out)[0].parent)
+        weights = save_head(model, out)
+    except OutputError as exc:
+        raise OutputError(f"{exc}; {_kept_after_training(rdir)}") from None
+    except (OSError, SafetensorError) as exc:
+        raise OutputError(f"{output_error(checkpoint_paths(out)[0], exc)}; {_kept_after_training(rdir)}") from None
     remove_resume(rdir)
     return {
         "out": str(weights), "card": str(checkpoint_paths(out)[1]), "tasks": list(cfg.tasks), "head": cfg.head,
         "epochs": cfg.epochs, "best_epoch": best_epoch, "metrics": best_metrics, "history": history,
         "train_samples": len(run.data), "val_people": len(run.val_names), "resumed_from": first_epoch - 1,
     }
+
+
+def _has_resume(rdir: Path) -> bool:
+    """True if ``rdir`` holds a readable resume state (for saying what an error kept)."""
+    try:
+        return load_resume(rdir) is not None
+    except DataError:
+        return False
+
+
+def _kept_after_training(rdir: Path) -> str:
+    if _has_resume(rdir):
+        return (f"the trained head was not written; its last epoch is kept in {rdir}: make the output writable "
+                "and run the same command with --resume to write it without training again")
+    return "the trained head was not written"

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import IO, ClassVar, Self
 
 from ..errors import ConfigError, OutputError
-from ..files import AtomicFile
+from ..files import AtomicFile, output_error
 from ..records import FrameAnnotation
 
 WRITER_MODES: tuple[str, ...] = ("atomic", "live")
@@ -51,9 +51,7 @@ def open_live(path: Path, *, overwrite: bool = False) -> IO[str]:
             f"{path}: output folder '{path.parent}' does not exist; create it or choose another output path"
         ) from None
     except OSError as exc:
-        raise OutputError(
-            f"{path}: cannot create an output file here ({exc.strerror}); check the folder's permissions"
-        ) from None
+        raise output_error(path, exc, "cannot create an output file here") from None
     try:
         return open(fd, "w", encoding="utf-8", newline="")
     except BaseException:
@@ -75,7 +73,11 @@ class TableWriter:
     refused unless ``overwrite``. :meth:`close` flushes, fsyncs and closes;
     :meth:`abort` keeps the rows written so far and just closes.
 
-    As a context manager a normal exit closes and an exception aborts. Subclasses set
+    As a context manager a normal exit closes and an exception aborts. Any OSError of
+    writing, flushing, fsyncing, closing or renaming is raised as a one-line
+    OutputError naming ``path`` and the fix (:func:`~affstream.files.output_error`,
+    e.g. a full disk), and the writer is aborted first: an atomic writer never leaves
+    its temporary file behind, a live one keeps the rows already written. Subclasses set
     :attr:`format_name` and implement :meth:`_write_row` (and :meth:`_start` for a
     header), writing each row with one ``write`` call to ``self._handle``.
     """
@@ -97,6 +99,9 @@ class TableWriter:
             self._start()
             if self._atomic is None:
                 self._handle.flush()
+        except OSError as exc:
+            self.abort()
+            raise output_error(self.path, exc) from None
         except BaseException:
             self.abort()
             raise
@@ -126,7 +131,10 @@ class TableWriter:
         return None if self._atomic is None else self._atomic.temp_path
 
     def write(self, ann: FrameAnnotation) -> None:
-        """Append one row (flushed at once in live mode). ValueError after close() or abort()."""
+        """Append one row (flushed at once in live mode). ValueError after close() or abort().
+
+        OutputError if the row cannot be written; the writer is aborted then.
+        """
         if self._done:
             raise ValueError(f"{self.path}: {self.format_name} writer is already closed")
         try:
@@ -134,32 +142,34 @@ class TableWriter:
             if self._atomic is None:
                 self._handle.flush()
         except OSError as exc:
-            raise OutputError(
-                f"{self.path}: cannot write ({exc.strerror or exc}); free disk space or choose another output path"
-            ) from None
+            self.abort()
+            raise output_error(self.path, exc) from None
         self._rows += 1
 
     def close(self) -> None:
-        """Atomic: flush, fsync and rename onto ``path``. Live: flush, fsync, close. Idempotent."""
+        """Atomic: flush, fsync and rename onto ``path``. Live: flush, fsync, close. Idempotent.
+
+        OutputError if that fails: an atomic writer's temporary file is removed and a
+        previous ``path`` stays as it was; a live log keeps the rows written so far.
+        """
         if self._done:
             return
         try:
             self._finish()
         except OSError as exc:
             self.abort()
-            raise OutputError(f"{self.path}: cannot write ({exc.strerror or exc}); free disk space or "
-                              "choose another output path") from None
+            raise output_error(self.path, exc) from None
         self._done = True
         if self._atomic is not None:
-            self._atomic.commit()
+            self._atomic.commit()  # OutputError on failure, its temporary file removed
             return
         try:
             self._handle.flush()
             os.fsync(self._handle.fileno())
+            self._handle.close()
         except OSError as exc:
             _close_quietly(self._handle)
-            raise OutputError(f"{self.path}: cannot finish the file ({exc.strerror or exc})") from None
-        self._handle.close()
+            raise output_error(self.path, exc, "cannot finish the file") from None
 
     def abort(self) -> None:
         """Atomic: delete the temporary file (``path`` untouched). Live: keep the rows, close.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..records import FrameAnnotation
+from ..validate import show
 from .base import TableWriter
 from .columns import CSV_COLUMNS, annotation_from_row, format_row, parse_cell
 
@@ -42,7 +43,8 @@ class CsvWriter(TableWriter):
 
 
 def _some(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:_NAMED])
+    # a quoted header field may hold a line break: escape it, the error stays one line
+    shown = ", ".join(name if name.isprintable() else show(name, 40) for name in names[:_NAMED])
     return shown if len(names) <= _NAMED else f"{shown} and {len(names) - _NAMED} more"
 
 
