@@ -1,5 +1,11 @@
 """``python -m affstream`` is the same as the ``affstream`` command."""
 
-from .cli import main
+import sys
 
-main()
+try:
+    from .cli import run
+except KeyboardInterrupt:  # Ctrl-C while the command line itself is imported
+    sys.stderr.write("interrupted: nothing was started\n")
+    sys.exit(130)
+
+run()

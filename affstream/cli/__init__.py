@@ -8,6 +8,7 @@ av) is imported until a command runs, so ``affstream --help`` is instant.
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
 
@@ -51,7 +52,32 @@ def main(verbose: int) -> None:
 for _command in (annotate_command, features_command, train_command, evaluate_command, export_command):
     main.add_command(_command)
 
-__all__ = ["main"]
+def run() -> None:
+    """The console entry point: :func:`main`, with a stop that arrives while click
+    itself starts (before any command) handled as well.
+
+    After a stop (exit status above 128) the process ends with ``os._exit``, once the
+    command's own cleanup has run and the streams are flushed: CPython remembers a
+    KeyboardInterrupt that hit code it ran through its exec path (torch's import does)
+    and would otherwise end the process by SIGINT (status -2), although it was handled.
+    """
+    import os
+
+    try:
+        try:
+            main()
+        except KeyboardInterrupt:
+            _ui.interrupted(_ui.stderr_console(), "nothing was started")
+    except SystemExit as done:
+        if isinstance(done.code, int) and done.code > 128:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(done.code)
+        raise
+
+
+__all__ = ["main", "run"]
 
 if __name__ == "__main__":  # pragma: no cover
     main()

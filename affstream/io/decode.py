@@ -5,10 +5,7 @@ turn them upright, and tally what could not be decoded.
 opens a file or holds state between sources (the one exception, re-decoding the tail of
 a cut-off file, gets its second container from the caller, see below).
 
-Inputs. :func:`describe_unusable_input` says, from the file system alone (``stat``, never
-``open``), why a path cannot be media: missing, a broken or looping symbolic link, a
-directory, a FIFO or a device (reading those would block or never end), an empty or
-unreadable file.
+Inputs. Which paths can be media at all is :mod:`affstream.io.paths`' job.
 
 Stream. :func:`select_video_stream` picks the video stream to decode: a given index among
 the file's video streams, or by default the best one: among the streams that are not an
@@ -23,7 +20,7 @@ elementary stream) gets the previous frame's time plus one frame duration (the f
 duration, else 1 / the stream's average or guessed rate, else 1/25 s); such frames are
 logged and summarised in ``DecodeStats.error_messages`` without counting as errors.
 
-Orientation. Frames are turned upright with the container's display matrix (rotation by a
+Orientation (:mod:`affstream.io.orientation`). Frames are turned upright with the container's display matrix (rotation by a
 multiple of 90 degrees and an optional mirror), read from the first decoded frame and
 applied to all frames. When PyAV cannot list a frame's side data, the rotation comes from
 ``VideoFrame.rotation`` (no mirror), or for still images from their EXIF orientation tag.
@@ -50,20 +47,16 @@ frame (corrupt or cut-off data that FFmpeg's frame threading drops without repor
 
 from __future__ import annotations
 
-import errno
 import logging
-import math
-import os
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
-import numpy as np
 
 from ..errors import SourceError
 from ..records import DecodeStats
+from .paths import ffmpeg_path
 
 _LOG = logging.getLogger("affstream")
 
@@ -73,122 +66,11 @@ _FALLBACK_FRAME_S = 1.0 / 25.0  # FFmpeg's own default rate when nothing is decl
 _IMAGE_FORMATS = ("image2", "image2pipe")  # plus every "*_pipe" demuxer (png_pipe, ...)
 # codecs whose packets may legitimately yield no picture (VP8 alt-ref frames)
 _HIDDEN_FRAME_CODECS = frozenset({"vp8"})
-# decoders that attach side data carrying a metadata dictionary (the ICC profile's name),
-# which PyAV 18.1 frees twice once ``frame.side_data`` has been listed: SIGSEGV
-_NO_SIDE_DATA_LIST_CODECS = frozenset({"png", "apng"})
 _ATTACHED_PIC = av.stream.Disposition.attached_pic
 _DEFAULT = av.stream.Disposition.default
 
 
 # --------------------------------------------------------------------- opening sources
-
-
-def display_name(path: str | os.PathLike) -> str:
-    """``path`` as the str used in messages (FFmpeg gets :func:`ffmpeg_path` of it)."""
-    name = os.fspath(path)
-    return name if isinstance(name, str) else os.fsdecode(name)
-
-
-def describe_unusable_input(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be a media file, as one line naming it and what to do; None
-    when it looks usable (a readable, non-empty regular file, or a URL).
-
-    Only the file system is asked (``lstat`` / ``stat`` / ``access``); the file is never
-    opened, so this is safe (and cheap) on FIFOs and devices, for which opening for
-    reading would block or never end. The problems, each with its own message: no such
-    file, a broken symbolic link, a symbolic link loop, a directory, a named pipe (FIFO),
-    a character or block device, a socket, any other non-regular file, an empty file, no
-    permission to read. A path through a symbolic link is judged by what it points to, and
-    the message names the target.
-    """
-    name = display_name(path)
-    if "://" in name:  # URL: nothing to check on the file system
-        return None
-    if "\0" in name:
-        return f"{name!r}: not a valid path (it holds a NUL character); check the path"
-    try:
-        link = os.lstat(name)
-    except OSError as error:
-        return _stat_problem(name, error)
-    via = ""
-    if stat.S_ISLNK(link.st_mode):
-        target = _link_target(name)
-        try:
-            os.stat(name)
-        except OSError as error:
-            if error.errno == errno.ELOOP:
-                return (f"{name}: symbolic link loop ({name} -> {target} -> ... never reaches "
-                        "a file); point the link at a video file")
-            if isinstance(error, (FileNotFoundError, NotADirectoryError)):
-                return (f"{name}: broken symbolic link (its target {target} does not "
-                        "exist); point the link at a video file or give the file itself")
-            return _stat_problem(name, error)
-        via = f" (symbolic link to {os.path.realpath(name)})"
-    try:
-        mode = os.stat(name).st_mode
-    except OSError as error:  # removed or changed since lstat
-        return _stat_problem(name, error)
-    if stat.S_ISDIR(mode):
-        return f"{name}: is a directory; give a video or image file"
-    if not stat.S_ISREG(mode):
-        return _special_file_problem(name, mode, via)
-    if os.path.getsize(name) == 0:
-        return f"{name}: file is empty (0 bytes); give a video or image file"
-    if not os.access(name, os.R_OK):
-        return f"{name}: permission denied; make the file readable"
-    return None
-
-
-def _stat_problem(name: str, error: OSError) -> str:
-    if isinstance(error, (FileNotFoundError, NotADirectoryError)):
-        return f"{name}: no such file; check the path"
-    if isinstance(error, PermissionError):
-        return f"{name}: permission denied (a folder on the path cannot be searched); check its permissions"
-    if error.errno == errno.ELOOP:
-        return f"{name}: symbolic link loop in the path; fix the links on the path"
-    reason = error.strerror or type(error).__name__
-    return f"{name}: cannot be read ({reason}); check the path"
-
-
-def _special_file_problem(name: str, mode: int, via: str) -> str:
-    if stat.S_ISFIFO(mode):
-        return (f"{name}: is a named pipe (FIFO){via}, not a regular file; reading it would "
-                "block, so it is not opened: save the video to a file and give that file")
-    if stat.S_ISCHR(mode):
-        return (f"{name}: is a character device{via}, not a regular file; reading it would "
-                "block or never end, so it is not opened: give a video file")
-    if stat.S_ISBLK(mode):
-        return f"{name}: is a block device{via}, not a regular file; give a video file"
-    if stat.S_ISSOCK(mode):
-        return f"{name}: is a socket{via}, not a regular file; give a video file"
-    return f"{name}: is not a regular file{via}; give a video file"
-
-
-def _link_target(name: str) -> str:
-    try:
-        return os.readlink(name)
-    except OSError:
-        return "?"
-
-
-def check_path(path: str | os.PathLike) -> str:
-    """The display name of ``path``; raise SourceError (the line of
-    :func:`describe_unusable_input`) for paths that cannot be media."""
-    name = display_name(path)
-    problem = describe_unusable_input(name)
-    if problem is not None:
-        raise SourceError(problem)
-    return name
-
-
-def ffmpeg_path(name: str) -> str:
-    """What to give FFmpeg for the local file ``name``: a relative name gets a leading
-    ``./``, so that FFmpeg never reads a file name such as ``pipe:0.mp4``, ``file:x.mp4``
-    or ``concat:a.mp4`` as a protocol (stdin, another file, several files). URLs
-    (``scheme://``) and absolute paths are given as they are."""
-    if "://" in name or os.path.isabs(name):
-        return name
-    return os.path.join(os.curdir, name)
 
 
 def open_container(name: str) -> av.container.InputContainer:
@@ -580,113 +462,3 @@ class FrameClock:
             stats.error_messages.append(message)
 
 
-# ------------------------------------------------------------------------- orientation
-
-
-@dataclass(frozen=True)
-class Orientation:
-    """How to turn a stored picture upright: mirror left-right first (if ``mirror``),
-    then rotate ``rotation_cw`` degrees clockwise (0, 90, 180 or 270)."""
-
-    rotation_cw: int = 0
-    mirror: bool = False
-
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) stored picture -> upright C-contiguous copy (or the input if upright)."""
-        if self.mirror:
-            image = image[:, ::-1]
-        if self.rotation_cw:
-            image = np.rot90(image, k=-(self.rotation_cw // 90))
-        return np.ascontiguousarray(image)
-
-    def upright_shape(self, height: int, width: int) -> tuple[int, int]:
-        return (width, height) if self.rotation_cw in (90, 270) else (height, width)
-
-    @classmethod
-    def of_frame(cls, frame: av.VideoFrame, stream, name: str, is_image: bool) -> Orientation:
-        """Orientation from the frame's display matrix, the stream's legacy ``rotate``
-        tag, or (PyAV cannot read this frame's side data) a fallback.
-
-        Frames of the PNG decoders take the fallback without listing their side data
-        (listing it crashes PyAV 18.1 when the PNG holds an ICC profile): EXIF for a still
-        image, else ``VideoFrame.rotation``, which cannot see a mirror."""
-        if stream.codec_context.name in _NO_SIDE_DATA_LIST_CODECS:
-            return cls._fallback(frame, name, is_image)
-        try:
-            matrix = _display_matrix(frame)
-        except ValueError:  # side data of a type this PyAV build does not know
-            return cls._fallback(frame, name, is_image)
-        if matrix is not None:
-            return cls.from_matrix(matrix)
-        rotate = stream.metadata.get("rotate")
-        if rotate:
-            try:
-                return cls(rotation_cw=_nearest_quarter(float(rotate)))
-            except ValueError:
-                _LOG.debug("decode: %s: ignoring rotate tag %r", name, rotate)
-        return cls()
-
-    @classmethod
-    def from_matrix(cls, matrix: np.ndarray) -> Orientation:
-        """From FFmpeg's 3x3 display matrix (9 int32, 16.16 fixed point for a, b, c, d),
-        which maps a stored pixel (x, y) to display (a*x + c*y, b*x + d*y)."""
-        a, b, _, c, d = (float(v) / 65536.0 for v in matrix[:5])
-        mirror = a * d - b * c < 0
-        if mirror:  # undo the mirror on x first: x -> -x negates a and b
-            a, b = -a, -b
-        return cls(rotation_cw=_nearest_quarter(math.degrees(math.atan2(b, a))), mirror=mirror)
-
-    @classmethod
-    def _fallback(cls, frame: av.VideoFrame, name: str, is_image: bool) -> Orientation:
-        """EXIF for a still image (Pillow), else ``VideoFrame.rotation``: PyAV reads the
-        display matrix in C without listing side data (safe), but gives no mirror."""
-        if is_image:
-            exif = _exif_orientation(name)
-            if exif is not None:
-                return exif
-        return cls(rotation_cw=_nearest_quarter(-float(frame.rotation)))
-
-
-def _nearest_quarter(degrees_cw: float) -> int:
-    """Round an angle to 0, 90, 180 or 270 (clockwise), logging non-right angles."""
-    quarter = round(degrees_cw / 90.0) % 4 * 90
-    if abs(((degrees_cw - quarter) + 180.0) % 360.0 - 180.0) > 1.0:
-        _LOG.warning("decode: display rotation %.1f deg rounded to %d deg", degrees_cw, quarter)
-    return quarter
-
-
-def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
-    """The frame's DISPLAYMATRIX side data as 9 int32, or None.
-
-    Raises ValueError when PyAV cannot enumerate the side data (unknown type). Lists all
-    of the frame's side data (PyAV has no lookup that does not): never call it on frames
-    of the codecs in ``_NO_SIDE_DATA_LIST_CODECS``.
-    """
-    for side in frame.side_data:
-        if side.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
-            raw = bytes(side)
-            if len(raw) >= 36:
-                return np.frombuffer(raw[:36], dtype=np.int32)
-    return None
-
-
-# EXIF orientation tag (1..8) -> (clockwise rotation, mirror first)
-_EXIF_ORIENTATIONS = {
-    1: (0, False), 2: (0, True), 3: (180, False), 4: (180, True),
-    5: (270, True), 6: (90, False), 7: (90, True), 8: (270, False),
-}
-
-
-def _exif_orientation(name: str) -> Orientation | None:
-    """Orientation from a still image's EXIF tag (Pillow), or None if unreadable."""
-    try:
-        from PIL import Image
-
-        with Image.open(name) as image:
-            tag = image.getexif().get(0x0112)
-    except Exception:  # noqa: BLE001 - any failure means "no usable EXIF"
-        return None
-    if tag not in _EXIF_ORIENTATIONS:
-        return None
-    rotation, mirror = _EXIF_ORIENTATIONS[tag]
-    return Orientation(rotation_cw=rotation, mirror=mirror)

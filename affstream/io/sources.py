@@ -49,17 +49,16 @@ from ..records import DecodeStats, Frame, VideoInfo
 from .decode import (
     FIRST_FRAME_MAX_PACKETS,
     FrameClock,
-    Orientation,
     average_fps,
-    check_path,
     declared_frames,
     decoded_frames,
-    describe_unusable_input,
     duration_s,
     is_image,
     open_container,
     select_video_stream,
 )
+from .orientation import Orientation
+from .paths import check_path, describe_unusable_input
 
 __all__ = [
     "KIND_FILE", "SourceSettings", "VideoSource", "count_frames", "describe_unusable_input",
