@@ -271,6 +271,8 @@ class RunReport:
                 ``warning`` says so. config / backbone / head: plain JSON-ready dicts
                 (the effective configuration, the models' identities). timings:
                 ``wall_s``, ``frames_per_s`` and seconds/calls per stage.
+    fingerprints: set by ``affstream corpus`` only (``{"input": {...}, "config": sha256}``,
+                see :mod:`affstream.corpus.state`); written only when set.
     """
 
     affstream_version: str
@@ -286,9 +288,10 @@ class RunReport:
     wall_s: float
     frames_per_s: float
     stage_times: dict[str, dict[str, float]]
+    fingerprints: dict[str, Any] | None = None  # corpus runs: {"input": ..., "config": ...}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "affstream_version": self.affstream_version,
             "meaningful": self.meaningful,
             "warning": self.warning,
@@ -305,6 +308,9 @@ class RunReport:
                 "stages": self.stage_times,
             },
         }
+        if self.fingerprints is not None:  # only corpus runs set it: other reports stay as they were
+            data["fingerprints"] = dict(self.fingerprints)
+        return data
 
 
 INPUT_DONE = "done"

@@ -14,6 +14,7 @@ import click
 
 from . import _ui
 from .annotate import annotate_command
+from .corpus import corpus_command
 from .train import evaluate_command, export_command, features_command, train_command
 
 
@@ -49,7 +50,7 @@ def main(verbose: int) -> None:
     logger.setLevel(level)
 
 
-for _command in (annotate_command, features_command, train_command, evaluate_command, export_command):
+for _command in (annotate_command, corpus_command, features_command, train_command, evaluate_command, export_command):
     main.add_command(_command)
 
 def run() -> None:

@@ -17,6 +17,7 @@ others go on; the result is one :class:`~affstream.records.InputResult` per inpu
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -201,7 +202,8 @@ class AnnotationRun:
         return build_report(self.stages, self.info, counts, self.times, self.wall_s, outputs)
 
 
-def write_run(run: AnnotationRun, out_dir: str | Path, *, overwrite: bool = False) -> InputResult:
+def write_run(run: AnnotationRun, out_dir: str | Path, *, overwrite: bool = False,
+              fingerprints: dict | None = None) -> InputResult:
     """Iterate ``run`` into its CSV (streamed) and JSON report, both atomically.
 
     Outputs are checked first (:func:`~affstream.pipeline.outputs.check_outputs`; an
@@ -224,6 +226,8 @@ def write_run(run: AnnotationRun, out_dir: str | Path, *, overwrite: bool = Fals
             for row in rows:
                 writer.write(row)
             report = run.report({"csv": csv_path.name, "json": json_path.name})
+            if fingerprints is not None:
+                report = dataclasses.replace(report, fingerprints=fingerprints)
             csv_path.unlink(missing_ok=True)  # checked above: affstream's own (or overwrite)
             write_json_report(json_path, report)
     finally:
@@ -268,7 +272,8 @@ def preflight(inputs: Sequence[str | Path]) -> list[InputResult | None]:
 
 
 def annotate_one(path: str | Path, out_dir: str | Path, stages: Stages,
-                 observer: InputObserver | None = None, *, overwrite: bool = False) -> InputResult:
+                 observer: InputObserver | None = None, *, overwrite: bool = False,
+                 fingerprints: dict | None = None) -> InputResult:
     """Annotate one input into ``out_dir``; a user-facing failure (AffstreamError)
     becomes a failed result with its one-line message. KeyboardInterrupt propagates
     (nothing partial is left under a final name)."""
@@ -278,7 +283,7 @@ def annotate_one(path: str | Path, out_dir: str | Path, stages: Stages,
     try:
         run = AnnotationRun(path, stages, on_frame=lambda done: observer.frame(path, done))
         observer.started(path, run.info)
-        result = write_run(run, out_dir, overwrite=overwrite)
+        result = write_run(run, out_dir, overwrite=overwrite, fingerprints=fingerprints)
     except AffstreamError as exc:
         result = InputResult(str(path), INPUT_FAILED, error=str(exc), seconds=time.perf_counter() - start)
     observer.finished(result)

@@ -56,8 +56,8 @@ class _PipeObserver:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
 
-    def loaded(self, meaningful: bool) -> None:
-        self.conn.send(("loaded", meaningful))
+    def loaded(self, meaningful: bool, identity: dict | None = None) -> None:
+        self.conn.send(("loaded", meaningful, identity))
 
     def started(self, path: Path, info: VideoInfo) -> None:
         self.conn.send(("started", str(path), info))
@@ -70,11 +70,21 @@ class _PipeObserver:
         pass  # the result itself is sent back by the loop
 
 
-def _worker_main(conn: Any, config: PipelineConfig, out_dir: str, log_level: int, overwrite: bool) -> None:
-    """Worker process: load the models once, then annotate each path sent until "stop"."""
+def _worker_main(conn: Any, config: PipelineConfig, out_dir: str, log_level: int, overwrite: bool,
+                 torch_threads: int | None = None) -> None:
+    """Worker process: load the models once, then annotate each path sent until "stop".
+
+    A message is ``("run", path)`` (into ``out_dir``) or ``("run", path, out_dir,
+    fingerprints)`` (its own output folder, fingerprints recorded in the report).
+    ``torch_threads``: intra-op threads of this worker (several workers on one CPU).
+    """
     from . import load_stages
     from .offline import annotate_one
 
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, int(torch_threads)))
     install_stop_signals()
     logger = logging.getLogger("affstream")
     logger.handlers[:] = [_PipeLogHandler(conn)]
@@ -87,12 +97,15 @@ def _worker_main(conn: Any, config: PipelineConfig, out_dir: str, log_level: int
         except AffstreamError as exc:
             conn.send(("load_failed", exc))
             return
-        observer.loaded(stages.meaningful)
+        identity = {"backbone": stages.backbone.identity(), "head": dict(stages.head_identity)}
+        observer.loaded(stages.meaningful, identity)
         while True:
             message = conn.recv()
             if message[0] == "stop":
                 return
-            result = annotate_one(message[1], out_dir, stages, observer, overwrite=overwrite)
+            target, fingerprints = (message[2], message[3]) if len(message) > 2 else (out_dir, None)
+            result = annotate_one(message[1], target, stages, observer, overwrite=overwrite,
+                                  fingerprints=fingerprints)
             conn.send(("result", result))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return  # stopped (the file in progress was discarded) or the parent has gone
@@ -104,11 +117,14 @@ def _worker_main(conn: Any, config: PipelineConfig, out_dir: str, log_level: int
 class _Worker:
     """One worker process and its end of the pipe."""
 
-    def __init__(self, config: PipelineConfig, out_dir: str | Path, overwrite: bool) -> None:
+    def __init__(self, config: PipelineConfig, out_dir: str | Path, overwrite: bool,
+                 torch_threads: int | None = None) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
+        self.identity: dict | None = None  # the models' identities, once loaded
         level = logging.getLogger("affstream").getEffectiveLevel()
-        self.process = context.Process(target=_worker_main, args=(child, config, str(out_dir), level, overwrite),
+        self.process = context.Process(target=_worker_main,
+                                       args=(child, config, str(out_dir), level, overwrite, torch_threads),
                                        name="affstream-worker", daemon=True)
         self.process.start()
         child.close()
@@ -206,6 +222,7 @@ def _wait_loaded(worker: _Worker) -> bool:
             raise AffstreamError(f"the worker process died while loading the models ({worker.death()})")
         kind = message[0]
         if kind == "loaded":
+            worker.identity = message[2] if len(message) > 2 else None
             return bool(message[1])
         if kind == "load_failed":
             worker.stop()
