@@ -22,7 +22,9 @@ from . import _ui
 @click.option("--backbone", default=None, help="CLIP backbone ARCH:TAG, ARCH:/path/to/weights or ARCH:random.")
 @click.option("--head", default=None, help="'zeroshot' or the path of a trained head checkpoint.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the preset's).")
-def corpus_command(source, out_dir, workers, resume, pattern, pipeline, backbone, head, device) -> None:
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "both"]), default="csv", show_default=True,
+              help="parquet/both: also one Parquet dataset at OUT/parquet/ (the CSVs stay: they are the resume state).")
+def corpus_command(source, out_dir, workers, resume, pattern, pipeline, backbone, head, device, fmt) -> None:
     """Annotate every video under SOURCE (a folder, or a text/CSV list of paths) into OUT;
     resumable with --resume after any crash."""
     from ..api import resolve_config
@@ -45,6 +47,13 @@ def corpus_command(source, out_dir, workers, resume, pattern, pipeline, backbone
         detail = item.error or ""
         _ui.info(console, f"[{finished[0]}] {item.status}: {item.rel}" + (f" ({detail})" if detail else ""))
 
+    if fmt != "csv":
+        from ..corpus.parquet import parquet_on_event
+
+        try:
+            on_event = parquet_on_event(out_dir, on_event)
+        except AffstreamError as exc:
+            _ui.fail(str(exc))
     try:
         result = run_corpus(source, out_dir, config, workers=workers, resume=resume, pattern=pattern,
                             on_event=on_event)

@@ -67,6 +67,17 @@ def iter_csv(path: str | Path) -> Iterator[FrameAnnotation]:
     an unreadable or empty file, a header other than ``CSV_COLUMNS`` (an OpenFace or
     py-feat CSV, say), a row with the wrong number of cells or an unparsable value.
     """
+    for where, values in iter_csv_cells(path):
+        try:
+            yield annotation_from_row(values)
+        except ValueError as exc:
+            raise DataError(f"{where}: {exc}; the file is damaged, write it again") from None
+
+
+def iter_csv_cells(path: str | Path) -> Iterator[tuple[str, list]]:
+    """Per data row of a per-frame CSV affstream wrote: ``("FILE, line N", cells)``, the
+    cells typed as :func:`~.columns.parse_cell` reads them (int, float, str or None),
+    exactly the printed values. Same checks and errors as :func:`iter_csv`."""
     path = Path(path)
     hint = "give a per-frame CSV written by affstream annotate"
     try:
@@ -85,9 +96,10 @@ def iter_csv(path: str | Path) -> Iterator[FrameAnnotation]:
                         "the file is damaged, write it again"
                     )
                 try:
-                    yield annotation_from_row([parse_cell(c, t) for c, t in zip(CSV_COLUMNS, cells, strict=True)])
+                    values = [parse_cell(c, t) for c, t in zip(CSV_COLUMNS, cells, strict=True)]
                 except ValueError as exc:
                     raise DataError(f"{where}: {exc}; the file is damaged, write it again") from None
+                yield where, values
     except UnicodeDecodeError:
         raise DataError(f"{path}: is not UTF-8 text; {hint}") from None
     except csv.Error as exc:
