@@ -237,6 +237,11 @@ def locked_world(bank_path, head_template, affwild_root):
 
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run a command as another user")
+    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                            "import affstream.cli, torch"], capture_output=True, text=True, check=False, timeout=120)
+    if probe.returncode != 0:  # e.g. the checkout lies in a private (0700) folder such as mktemp -d's
+        pytest.skip("user nobody cannot import affstream and torch from this checkout and venv: "
+                    + (probe.stderr.strip().splitlines() or ["?"])[-1])
     top = tempfile.mkdtemp(prefix="affstream-locked-", dir="/tmp")
     os.chmod(top, 0o755)
     locked = os.path.join(top, "locked")
