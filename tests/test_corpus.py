@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from affstream.corpus.inputs import STATUS_NOT_VIDEO, CorpusItem, has_media_signature, list_inputs
 from affstream.files import PARTIAL_TAG
@@ -280,3 +282,121 @@ def test_worker_killed_mid_video_loses_only_that_video(tmp_path, single_face_mp4
     assert rows["clip.mp4"]["frames"] == "72"
     assert (out / "clip.csv").read_bytes().count(b"\n") == 73
     assert not partials(out)
+
+
+# ---------------------------------------------------------------------------- Ray engine
+
+MANIFEST_TIMING = ("seconds",)
+
+
+def manifest_without_timings(out: Path, root: Path) -> dict[str, dict]:
+    return {rel: {k: v for k, v in row.items() if k not in MANIFEST_TIMING} for rel, row in rows_by_rel(out, root).items()}
+
+
+def ray_cmd(source: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "affstream", "corpus", str(source), "-o", str(out), "--pipeline", "smoke",
+            "--device", "cpu", "--engine", "ray", *extra]
+
+
+@pytest.mark.slow
+def test_ray_engine_same_outputs_and_manifest_as_local(corpus, baseline, tmp_path):
+    pytest.importorskip("ray.data")
+    local_out, expected, _ = baseline
+    out = tmp_path / "out"
+    done = subprocess.run(ray_cmd(corpus, out, "--workers", "2"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr  # the same two failures as the local engine
+    assert "Traceback" not in done.stderr
+    assert_same_outputs(out, expected)
+    assert manifest_without_timings(out, corpus) == manifest_without_timings(local_out, corpus)
+    assert not partials(out)
+    # resume on Ray: exactly the finished videos are skipped, nothing is rewritten
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
+    again = subprocess.run(ray_cmd(corpus, out, "--workers", "1", "--resume"), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 1, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == stamps
+    rows = rows_by_rel(out, corpus)
+    assert {rel for rel, r in rows.items() if r["status"] == "skipped"} == \
+        {rel for rel, s in EXPECTED_STATUS.items() if s == "done"}
+
+
+def _actor_pids() -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"MapBatches(_CorpusActor)" in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _partial_pids(out: Path, stem: str) -> set[int]:
+    """PIDs in the names of ``stem``'s partial CSVs (``.STEM.csv.partial-HOST-PID-...``)."""
+    found = set()
+    for path in partials(out):
+        if path.name.startswith(f".{stem}.csv"):
+            found.add(int(path.name.split(PARTIAL_TAG, 1)[1].split("-")[-2]))
+    return found
+
+
+@pytest.mark.slow
+def test_ray_actor_killed_twice_on_a_video_fails_only_that_video(tmp_path, wolfgang_mp4, single_face_jpg):
+    """A native crash kills the Ray actor; Ray restarts it and retries the video. The
+    attempts are counted outside the actors: once retried, a second crash on the same
+    video is its last, and the other video is still done."""
+    pytest.importorskip("ray.data")
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(wolfgang_mp4, root / "clip.mp4")  # the longest: first
+    shutil.copy(single_face_jpg, root / "still.jpg")
+    out = tmp_path / "out"
+    process = subprocess.Popen(ray_cmd(root, out, "--workers", "1"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    killed: set[int] = set()
+    for _ in range(2):
+        assert _wait_for(lambda: bool(_partial_pids(out, "clip") - killed), process, timeout=300)
+        victim = (_partial_pids(out, "clip") - killed).pop()
+        assert victim in _actor_pids()
+        os.kill(victim, signal.SIGKILL)
+        killed.add(victim)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr
+    rows = rows_by_rel(out, root)
+    assert {rel: r["status"] for rel, r in rows.items()} == {"clip.mp4": "failed", "still.jpg": "done"}
+    assert "crashed on this video, 2 times" in rows["clip.mp4"]["error"]
+    assert not (out / "clip.csv").exists() and not (out / "clip.json").exists()
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.slow
+def test_events_drive_the_progress_display(tmp_path, single_face_mp4, single_face_jpg):
+    """run_corpus reports planned / started / progress / finished, and the CLI's progress
+    display turns them into its counts (frames from the reports, bytes for the ETA)."""
+    from affstream.api import resolve_config
+    from affstream.cli._ui import CorpusProgress
+    from affstream.corpus import run_corpus
+
+    root = tmp_path / "in"
+    root.mkdir()
+    shutil.copy(single_face_mp4, root / "clip.mp4")
+    shutil.copy(single_face_jpg, root / "still.jpg")
+    (root / "notes.mp4").write_text("not a video")
+    events = []
+    progress = CorpusProgress(Console(file=io.StringIO(), force_terminal=True, width=100))
+    with progress:
+        def on_event(kind, item, data):
+            events.append((kind, None if item is None else item.rel.as_posix(), dict(data)))
+            progress.event(kind, item, data)
+
+        run_corpus(root, tmp_path / "out", resolve_config("smoke", device="cpu"), workers=1, on_event=on_event)
+    kinds = [kind for kind, _, _ in events]
+    assert kinds[0] == "finished" and events[0][1] == "notes.mp4"  # decided before any video ran
+    assert kinds[1] == "planned" and events[1][2] == {"videos": 2, "bytes": (root / "clip.mp4").stat().st_size
+                                                      + (root / "still.jpg").stat().st_size}
+    clip = [(kind, data) for kind, rel, data in events if rel == "clip.mp4"]
+    assert clip[0][0] == "started" and clip[-1][0] == "finished"
+    done = [data["done"] for kind, data in clip if kind == "progress"]
+    assert done == sorted(done) and done[-1] >= 64 and {data["total"] for kind, data in clip if kind == "progress"} == {72}
+    assert progress.frames == 73 and progress.failed == 0 and progress.bytes_done == events[1][2]["bytes"]
+    assert not progress.running

@@ -105,3 +105,99 @@ def summary_table(console, rows: list[tuple[str, str, str]]) -> None:
         style = "green" if status == INPUT_DONE else "red"
         table.add_row(Text(name), Text(status, style=style), Text(detail))
     console.print(table)
+
+
+class CorpusProgress:
+    """Progress of a corpus run, fed with :func:`affstream.corpus.run_corpus` events.
+
+    One line per finished input is always printed. On a terminal, a live display shows
+    the whole run (videos done / failed of all, frames/s, an ETA from the bytes still to
+    go: videos run longest first, so a count of videos would mislead) and one bar per
+    worker (its video, frames done of the declared count).
+    """
+
+    def __init__(self, console) -> None:
+        import time
+
+        self.console = console
+        self.clock = time.monotonic
+        self.start = self.clock()
+        self.count = 0
+        self.planned: int | None = None
+        self.offset = 0
+        self.bytes_total = 0
+        self.bytes_done = 0.0
+        self.frames = 0
+        self.failed = 0
+        self.running: dict[str, tuple[object, int, int | None]] = {}  # worker -> (item, done, total)
+        self.progress = None
+        self.overall = None
+        self.bars: dict[str, int] = {}
+
+    def __enter__(self) -> CorpusProgress:
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                     TextColumn("{task.fields[detail]}", markup=False),
+                                     console=self.console, transient=True)
+            self.overall = self.progress.add_task("corpus", total=None, detail="probing inputs")
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def event(self, kind: str, item, data: dict) -> None:
+        if kind == "planned":
+            self.offset = self.count  # inputs decided before any video ran (not a video, unreadable)
+            self.planned = int(data["videos"])
+            self.bytes_total = int(data["bytes"])
+        elif kind == "started":
+            self.running[data["worker"]] = (item, 0, None)
+        elif kind == "progress":
+            self.running[data["worker"]] = (item, int(data["done"]), data.get("total"))
+        elif kind == "finished":
+            self._finished(item, data)
+        self._draw()
+
+    def _finished(self, item, data: dict) -> None:
+        self.count += 1
+        for worker, (running, _, _) in list(self.running.items()):
+            if running is item:
+                del self.running[worker]
+        report = data.get("report") or {}
+        if item.status == "done":
+            self.frames += int(report.get("counts", {}).get("frames_written", 0))
+        if item.status in ("done", "failed", "skipped"):
+            self.bytes_done += item.size
+        self.failed += item.status == "failed"
+        detail = item.error or ""
+        info(self.console, f"[{self.count}] {item.status}: {item.rel}" + (f" ({detail})" if detail else ""))
+
+    def _draw(self) -> None:
+        if self.progress is None:
+            return
+        elapsed = max(1e-6, self.clock() - self.start)
+        live_frames = sum(done for _, done, _ in self.running.values())
+        live_bytes = sum(item.size * min(1.0, done / total) for item, done, total in self.running.values() if total)
+        fps = (self.frames + live_frames) / elapsed
+        gone = self.bytes_done + live_bytes
+        eta = "ETA -"
+        if self.bytes_total and gone > 0:
+            seconds = max(0.0, elapsed * (self.bytes_total - gone) / gone)
+            eta = f"ETA {int(seconds // 60)}:{int(seconds % 60):02d}"
+        done_videos = self.count - self.offset
+        self.progress.update(self.overall, total=self.planned, completed=max(0, done_videos),
+                             detail=f"{max(0, done_videos)}/{self.planned if self.planned is not None else '?'} videos, "
+                                    f"{self.failed} failed, {fps:.1f} frames/s, {eta}")
+        for worker, (item, done, total) in self.running.items():
+            label = f"  {worker}: {item.rel}"
+            if worker not in self.bars:
+                self.bars[worker] = self.progress.add_task(label, total=total, detail="")
+            self.progress.update(self.bars[worker], description=label, total=total, completed=done,
+                                 detail=f"{done}/{total if total else '?'} frames", visible=True)
+        for worker, task in self.bars.items():
+            if worker not in self.running:
+                self.progress.update(task, visible=False)

@@ -14,8 +14,14 @@ from . import _ui
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: mirrors the input's relative paths, plus manifest.csv.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: worker processes on this machine; ray: Ray Data actors (pip install 'affstream[ray]').")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: one per GPU, else max(1, CPUs // 4)).")
+              help="Worker processes or Ray actors (default: one per GPU, else max(1, CPUs // 4)).")
+@click.option("--gpus", type=click.IntRange(min=0), default=None,
+              help="Use at most N GPUs, one worker each (0: CPU only; default: all visible).")
+@click.option("--ray-address", default=None,
+              help="With --engine ray: join this Ray cluster ('auto' or HOST:PORT) instead of starting a local Ray.")
 @click.option("--resume", is_flag=True, help="Skip the videos already done with the same input and configuration.")
 @click.option("--glob", "pattern", default=None, help="Only files whose relative path (or name) matches PATTERN.")
 @click.option("--pipeline", default="default", show_default=True, help="Preset name (default, smoke) or a pipeline .toml file.")
@@ -24,7 +30,8 @@ from . import _ui
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the preset's).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "both"]), default="csv", show_default=True,
               help="parquet/both: also one Parquet dataset at OUT/parquet/ (the CSVs stay: they are the resume state).")
-def corpus_command(source, out_dir, workers, resume, pattern, pipeline, backbone, head, device, fmt) -> None:
+def corpus_command(source, out_dir, engine, workers, gpus, ray_address, resume, pattern, pipeline, backbone, head,
+                   device, fmt) -> None:
     """Annotate every video under SOURCE (a folder, or a text/CSV list of paths) into OUT;
     resumable with --resume after any crash."""
     from ..api import resolve_config
@@ -38,14 +45,12 @@ def corpus_command(source, out_dir, workers, resume, pattern, pipeline, backbone
         check_config(config)
     except AffstreamError as exc:
         _ui.fail(str(exc))
-    finished = [0]
+    if ray_address and engine != "ray":
+        _ui.fail("--ray-address needs --engine ray")
+    progress = _ui.CorpusProgress(console)
 
     def on_event(kind, item, data) -> None:
-        if kind != "finished":
-            return
-        finished[0] += 1
-        detail = item.error or ""
-        _ui.info(console, f"[{finished[0]}] {item.status}: {item.rel}" + (f" ({detail})" if detail else ""))
+        progress.event(kind, item, data)
 
     if fmt != "csv":
         from ..corpus.parquet import parquet_on_event
@@ -55,8 +60,9 @@ def corpus_command(source, out_dir, workers, resume, pattern, pipeline, backbone
         except AffstreamError as exc:
             _ui.fail(str(exc))
     try:
-        result = run_corpus(source, out_dir, config, workers=workers, resume=resume, pattern=pattern,
-                            on_event=on_event)
+        with progress:
+            result = run_corpus(source, out_dir, config, workers=workers, resume=resume, pattern=pattern,
+                                on_event=on_event, engine=engine, gpus=gpus, ray_address=ray_address)
     except AffstreamError as exc:
         _ui.fail(str(exc))
     except KeyboardInterrupt:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PipelineConfig
-from ..errors import AffstreamError
+from ..errors import AffstreamError, ConfigError
 from ..pipeline.workers import _Worker
 from ..records import InputResult
 from .inputs import (
@@ -58,15 +58,22 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def plan_workers(config: PipelineConfig, workers: int | None) -> tuple[list[str | None], int | None]:
-    """Per worker its device override (None: the config's), and torch threads per
-    worker (None on GPUs: the default)."""
-    device = config.device.strip().lower()
-    gpus = 0
-    if device in ("auto", "cuda"):
-        import torch
+def visible_gpus(config: PipelineConfig, gpus: int | None = None) -> int:
+    """GPUs the corpus uses: none unless the pipeline's device is ``auto``/``cuda`` and
+    CUDA is available; at most ``gpus`` of them (None: all visible)."""
+    if gpus == 0 or config.device.strip().lower() not in ("auto", "cuda"):
+        return 0
+    import torch
 
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return available if gpus is None else min(gpus, available)
+
+
+def plan_workers(config: PipelineConfig, workers: int | None,
+                 gpus: int | None = None) -> tuple[list[str | None], int | None]:
+    """Per worker its device override (None: the config's), and torch threads per
+    worker (None on GPUs: the default). ``gpus``: at most this many GPUs (None: all)."""
+    gpus = visible_gpus(config, gpus)
     if gpus:
         count = workers or gpus
         return [f"cuda:{i % gpus}" for i in range(count)], None
@@ -98,10 +105,18 @@ class _Slot:
     item: CorpusItem | None = None
     retry: CorpusItem | None = None
     started: float = 0.0
+    total: int | None = None  # declared frames of the video in progress
+
+    @property
+    def name(self) -> str:
+        return f"pid {self.worker.process.pid}"
 
 
 @dataclass
-class _Run:
+class CorpusRun:
+    """The state of a corpus run shared by the engines: the items, their reports and
+    seconds (keyed by ``id(item)``), input fingerprints, and the event callback."""
+
     out_dir: Path
     items: list[CorpusItem]
     on_event: Callable[[str, CorpusItem, dict], None]
@@ -129,14 +144,29 @@ class _Run:
 
 def run_corpus(source: str | Path, out_dir: str | Path, config: PipelineConfig, *, workers: int | None = None,
                resume: bool = False, pattern: str | None = None,
-               on_event: Callable[[str, CorpusItem, dict], None] | None = None) -> CorpusResult:
+               on_event: Callable[[str, CorpusItem, dict], None] | None = None,
+               engine: str = "local", gpus: int | None = None, ray_address: str | None = None) -> CorpusResult:
     """Annotate every video of ``source`` into ``out_dir`` (see the module docstring).
 
+    ``engine``: ``local`` (worker processes here) or ``ray`` (:mod:`.ray_engine`; Ray
+    Data actors, locally or on the cluster at ``ray_address``); both write the same
+    outputs and manifest. ``gpus``: use at most this many GPUs (0: none; None: all).
+
+    ``on_event(kind, item, data)`` is called on the caller's thread: ``started``
+    (data: ``worker``), ``progress`` (``worker``, ``done`` frames, ``total`` declared
+    frames or None) and ``finished`` (``report``: the JSON report or None).
+
     Raises ConfigError before anything is annotated (no such input, an output
-    collision) and AffstreamError when the models cannot be loaded; a failing video
-    is a failed row. KeyboardInterrupt propagates after the workers stopped and the
-    manifest was written.
+    collision, an unknown engine) and AffstreamError when the models cannot be loaded;
+    a failing video is a failed row. KeyboardInterrupt propagates after the workers
+    stopped and the manifest was written.
     """
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"unknown corpus engine {engine!r}; use 'local' or 'ray'")
+    if engine == "ray":
+        from .ray_engine import require_ray
+
+        require_ray()
     out_dir = Path(out_dir)
     on_event = on_event or (lambda kind, item, data: None)
     root, items = list_inputs(source, out_dir, pattern)
@@ -145,7 +175,7 @@ def run_corpus(source: str | Path, out_dir: str | Path, config: PipelineConfig, 
     videos = [item for item in items if item.status is None]
     check_collisions(videos, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(out_dir, items, on_event)
+    run = CorpusRun(out_dir, items, on_event)
     for item in items:
         if item.status is not None:
             on_event("finished", item, {"report": None})
@@ -154,19 +184,27 @@ def run_corpus(source: str | Path, out_dir: str | Path, config: PipelineConfig, 
             run.fingerprints[id(item)] = input_fingerprint(item.path)
         except OSError as exc:
             item.status, item.error = STATUS_FAILED, f"{item.path}: cannot be read ({exc.strerror or exc})"
+            on_event("finished", item, {"report": None})
     videos = [item for item in videos if item.status is None]
     manifest = run.publish()
+    on_event("planned", None, {"videos": len(videos), "bytes": sum(item.size for item in videos)})
     if not videos:
         return CorpusResult(root, items, run.rows(), manifest)
-    devices, threads = plan_workers(config, workers)
-    devices = devices[:len(videos)]
-    fingerprint = _Engine(run, config, devices, threads, resume, videos).run()
+    if engine == "ray":
+        from .ray_engine import run_on_ray
+
+        fingerprint = run_on_ray(run, config, videos, resume=resume, workers=workers, gpus=gpus,
+                                 address=ray_address)
+    else:
+        devices, threads = plan_workers(config, workers, gpus)
+        devices = devices[:len(videos)]
+        fingerprint = _Engine(run, config, devices, threads, resume, videos).run()
     manifest = run.publish()
     return CorpusResult(root, items, run.rows(), manifest, fingerprint)
 
 
 class _Engine:
-    def __init__(self, run: _Run, config: PipelineConfig, devices: list[str | None], threads: int | None,
+    def __init__(self, run: CorpusRun, config: PipelineConfig, devices: list[str | None], threads: int | None,
                  resume: bool, videos: list[CorpusItem]) -> None:
         self.run_state = run
         self.config = config
@@ -244,7 +282,8 @@ class _Engine:
             run.attempts[id(item)] = run.attempts.get(id(item), 0) + 1
             slot.item, slot.started = item, time.perf_counter()
             slot.worker.conn.send(("run", str(item.path), str(csv_path.parent), fingerprints))
-            run.on_event("started", item, {"pid": slot.worker.process.pid})
+            slot.total = None
+            run.on_event("started", item, {"worker": slot.name})
 
     def _handle(self, slot: _Slot) -> None:
         message = slot.worker.receive()
@@ -258,6 +297,11 @@ class _Engine:
                 self._decide(message[2] or {})
         elif kind == "load_failed":
             raise message[1]
+        elif kind in ("started", "frame") and slot.item is not None:
+            if kind == "started":
+                slot.total = message[2].frame_count
+            done = 0 if kind == "started" else int(message[2])
+            self.run_state.on_event("progress", slot.item, {"worker": slot.name, "done": done, "total": slot.total})
         elif kind == "log":
             log.log(message[1], "%s", message[2])
         elif kind == "result":
