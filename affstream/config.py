@@ -153,6 +153,11 @@ class ScheduleConfig:
                          (``embed.batch_size`` faces) before a smaller batch is embedded
                          anyway; faceless stretches flush at this count; 1..65536.
     window_batch:        windows per head call for temporal heads; 1..65536.
+    detect_every:        full face detection on every this-many-th frame of ``annotate``
+                         (1: every frame, the default); in between, tracks are followed
+                         by the detector's last stage. 1..1000.
+    live_detect_every:   the same for ``affstream stream`` (default 3: a 2-core CPU
+                         keeps up with more frames; agreement is in the README). 1..1000.
     """
 
     queue_frames: int = _option(32, check_int, lo=1, hi=1024)
@@ -161,6 +166,8 @@ class ScheduleConfig:
     detect_batch_cuda: int = _option(64, check_int, lo=1, hi=1024)
     embed_pool_frames: int = _option(256, check_int, lo=1, hi=65_536)
     window_batch: int = _option(32, check_int, lo=1, hi=65_536)
+    detect_every: int = _option(1, check_int, lo=1, hi=1000)
+    live_detect_every: int = _option(3, check_int, lo=1, hi=1000)
 
     def detect_batch(self, device_type: str) -> int:
         """Frames per detector call on a device of type ``device_type`` ("cpu", "cuda")."""

@@ -46,6 +46,8 @@ TABLE: dict[str, tuple[list, list, list]] = {
     "schedule.detect_batch_cuda": (["64", 64.0, True], [0, 1025], [1, 1024]),
     "schedule.embed_pool_frames": (["256", 2.5, True], [0, 65_537], [1, 65_536]),
     "schedule.window_batch": (["32", 32.0, True], [0, -5, 65_537], [1, 65_536]),
+    "schedule.detect_every": (["3", 2.0, True], [0, -1, 1001], [1, 1000]),
+    "schedule.live_detect_every": (["3", 2.0, True], [0, -1, 1001], [1, 1000]),
 }
 
 
@@ -194,7 +196,8 @@ def test_to_dict_structure():
                           "embed", "head", "schedule"]
     assert data["detect"]["thresholds"] == (0.6, 0.7, 0.7)
     assert data["schedule"] == {"queue_frames": 32, "detect_batch_frames": 0, "detect_batch_cpu": 16,
-                                "detect_batch_cuda": 64, "embed_pool_frames": 256, "window_batch": 32}
+                                "detect_batch_cuda": 64, "embed_pool_frames": 256, "window_batch": 32,
+                                "detect_every": 1, "live_detect_every": 3}
 
 
 def test_detect_batch_by_device():

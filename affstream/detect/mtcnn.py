@@ -44,6 +44,7 @@ PYRAMID_NMS_IOU = 0.7  # NMS across the levels of an image
 RNET_NMS_IOU = 0.7
 ONET_NMS_MIN = 0.7  # final NMS, intersection over the smaller box
 CROP_CHUNK = 512  # crops resampled and scored per R-Net/O-Net call (bounds memory)
+FOLLOW_GROW = 1.0  # side ratio of the searched box to the predicted one (1.0: O-Net regresses best; 1.1 and 1.2 were worse)
 WEIGHT_FILES = {"pnet": "mtcnn/pnet.safetensors", "rnet": "mtcnn/rnet.safetensors", "onet": "mtcnn/onet.safetensors"}
 
 
@@ -212,6 +213,38 @@ class MTCNNDetector:
             rows = self._cascade(work, min_face)
         host = rows.cpu().numpy()  # the one device -> host transfer
         return self._to_detections(host, int(frames.shape[0]), scale_x, scale_y)
+
+    @torch.inference_mode()
+    def follow(self, frames: torch.Tensor, boxes: Sequence[np.ndarray], grow: float = FOLLOW_GROW) -> list[list[Detection]]:
+        """Faces near known boxes, from the last stage (O-Net) alone: the cheap step
+        between full detections when tracks are followed (every k-th frame detected).
+
+        frames: (N, H, W, 3) uint8 on the device (:meth:`to_device`); boxes: per frame
+        (M_i, 4) pixel-edge ``x1, y1, x2, y2`` in source pixels (a track's predicted box),
+        each grown by ``grow`` around its centre so that a moving face stays inside.
+        Returns per frame the Detections O-Net confirms (fresh box, score, landmarks),
+        with the same thresholds and final NMS as :meth:`detect`; a face O-Net rejects
+        is absent (its track then misses this frame).
+        """
+        count = int(frames.shape[0])
+        if count == 0 or not any(len(b) for b in boxes):
+            return [[] for _ in range(count)]
+        work, scale_x, scale_y = self._downscale(frames)
+        height, width = work.shape[1:3]
+        scale = np.array([scale_x, scale_y, scale_x, scale_y], dtype=np.float32)
+        parts, owners = [], []
+        for index, frame_boxes in enumerate(boxes):
+            for box in np.asarray(frame_boxes, dtype=np.float32).reshape(-1, 4):
+                centre, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) * grow / 2
+                parts.append(np.concatenate([centre - half, centre + half]) * scale + np.array([1, 1, 0, 0]))
+                owners.append(index)
+        table = B.integral_images(work)
+        cascade = B.square_boxes(torch.as_tensor(np.stack(parts), dtype=torch.float32, device=work.device))
+        image_idx = torch.as_tensor(owners, dtype=torch.long, device=work.device)
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            out_boxes, scores, landmarks, image_idx = self._output(table, cascade, image_idx, width, height)
+        rows = torch.cat([out_boxes, scores[:, None], landmarks, image_idx[:, None].to(out_boxes.dtype)], dim=1)
+        return self._to_detections(rows.cpu().numpy(), count, scale_x, scale_y)
 
     # --- stages -------------------------------------------------------------------
 

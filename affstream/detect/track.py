@@ -156,6 +156,13 @@ class FaceTracker:
         """Ids of the tracks not yet retired, ascending."""
         return tuple(sorted(t.track_id for t in self._tracks))
 
+    def predicted_boxes(self, frame_index: int) -> np.ndarray:
+        """(M, 4) float32 boxes where the tracks still live at ``frame_index`` are expected
+        (constant velocity from their last box), ordered by track id."""
+        live = sorted((t for t in self._tracks if frame_index - t.last_frame - 1 <= self._max_missed),
+                      key=lambda t: t.track_id)
+        return np.array([t.predicted(frame_index) for t in live], dtype=np.float32).reshape(-1, 4)
+
     def update(self, frame_index: int, time_s: float, detections: Sequence[Detection]) -> tuple[TrackedFace, ...]:
         """Match this frame's detections to tracks; return them as TrackedFaces sorted by track_id.
 

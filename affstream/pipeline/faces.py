@@ -27,6 +27,39 @@ from ..runtime import StageTimes
 from . import Stages
 
 
+class DetectSchedule:
+    """When a full face detection runs: every ``every``-th frame (1: every frame), and
+    on the next frame after a followed track was lost.
+
+    Between full detections the tracks are followed cheaply (see
+    :meth:`FaceSteps.find_faces`); a frame with no track to follow waits for the next
+    due frame, so new faces are found within ``every`` frames.
+    """
+
+    def __init__(self, every: int) -> None:
+        if int(every) < 1:
+            raise ValueError(f"detect every must be >= 1, got {every}")
+        self.every = int(every)
+        self.since = self.every  # frames since the last full detection: the first frame is due
+        self.force = False
+        self.full = 0
+        self.followed = 0
+
+    def due(self) -> bool:
+        return self.force or self.since >= self.every
+
+    def done(self, full: bool, lost: bool) -> None:
+        """Record what ran on a frame; ``lost``: a followed track was not confirmed."""
+        if full:
+            self.full += 1
+            self.since = 1
+            self.force = False
+        else:
+            self.followed += 1
+            self.since += 1
+            self.force = lost
+
+
 class FaceSteps:
     """The detect/track/align/embed steps of one loaded pipeline.
 
@@ -60,6 +93,28 @@ class FaceSteps:
                 FrameFaces(f.frame_index, f.time_s, tracker.update(f.frame_index, f.time_s, dets))
                 for f, dets in zip(frames, detections, strict=True)
             ]
+
+    def find_faces(self, frames: Sequence[Frame], pixels: torch.Tensor, tracker: FaceTracker,
+                   schedule: DetectSchedule | None) -> list[FrameFaces]:
+        """:meth:`detect_and_track`, or with a :class:`DetectSchedule` of k > 1: a full
+        detection on every k-th frame (and whenever a track was lost or none exists on
+        a due frame), and in between each live track followed by
+        :meth:`~affstream.detect.mtcnn.MTCNNDetector.follow` from its predicted box."""
+        if schedule is None or schedule.every == 1:
+            return self.detect_and_track(frames, pixels, tracker)
+        found = []
+        detector = self.stages.detector
+        for k, frame in enumerate(frames):
+            one = pixels[k : k + 1]
+            predicted = tracker.predicted_boxes(frame.frame_index)
+            full = schedule.due()
+            with self.times.time("detect"):
+                detections = detector.detect_frames(one)[0] if full else detector.follow(one, [predicted])[0]
+            schedule.done(full, lost=not full and len(detections) < len(predicted))
+            with self.times.time("track"):
+                found.append(FrameFaces(frame.frame_index, frame.time_s,
+                                        tracker.update(frame.frame_index, frame.time_s, detections)))
+        return found
 
     def align(self, pixels: torch.Tensor, tracked: Sequence[FrameFaces]) -> torch.Tensor:
         """Crops of every face of a batch, cut from its frames already on the device.

@@ -44,7 +44,7 @@ from ..records import (
 )
 from ..runtime import StageTimes, release_free_memory
 from . import Stages
-from .faces import FaceSteps
+from .faces import DetectSchedule, FaceSteps
 from .outputs import check_outputs, output_paths
 from .predict import make_predictor
 from .run import RowCounter, build_report
@@ -92,11 +92,12 @@ def iter_face_chunks(steps: FaceSteps, frames: Iterable[Frame], schedule: Schedu
     """FaceChunks covering every frame of ``frames`` exactly once, in order, batched as
     the offline schedule says. A fresh tracker is used: track ids start at 0."""
     tracker = steps.new_tracker()
+    detect_schedule = DetectSchedule(schedule.detect_every) if schedule.detect_every > 1 else None
     pool = _CropPool()
     batch_faces = max(1, steps.stages.config.embed.batch_size)
     for batch in _batches(frames, schedule.detect_batch(steps.device.type)):
         pixels = steps.upload(batch)  # one upload serves detection and alignment
-        tracked = steps.detect_and_track(batch, pixels, tracker)
+        tracked = steps.find_faces(batch, pixels, tracker, detect_schedule)
         crops = steps.align(pixels, tracked)
         del batch, pixels  # the decoded images are no longer needed
         release_free_memory()
