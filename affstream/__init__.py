@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .version import __version__
 
-_API = ("annotate", "annotate_inputs", "annotate_to_files", "iter_face_features")
+_API = ("annotate", "annotate_inputs", "annotate_to_files", "iter_face_features", "stream")
 
 
 def __getattr__(name: str):

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from .embed.backbone import Backbone
     from .pipeline import Stages
+    from .pipeline.live import StreamSession
     from .pipeline.offline import AnnotationRun, InputObserver
 
 
@@ -81,6 +82,41 @@ def annotate(
 
     options = dict(pipeline=pipeline, backbone=backbone, head=head, device=device, batch_size=batch_size)
     return AnnotationRun(source, _stages_for(options, stages), on_frame=on_frame)
+
+
+def stream(
+    source: str | Path | int = "0",
+    *,
+    pipeline: str | Path | PipelineConfig = "default",
+    backbone: str | None = None,
+    head: str | None = None,
+    device: str | None = None,
+    stages: Stages | None = None,
+    realtime: bool = False,
+    size: str | None = None,
+    fps: float | None = None,
+    duration_s: float | None = None,
+    max_frames: int | None = None,
+    detect_every: int | None = None,
+    reconnect_s: float = 5.0,
+    allow_lag: bool = False,
+) -> StreamSession:
+    """A live session (:class:`~affstream.pipeline.live.StreamSession`): iterate it for
+    :class:`~affstream.records.LiveRow` records (the same the CLI writes); its
+    ``stats`` and ``rates()`` are live while it runs; ``stop()`` ends it; ``report()``
+    gives the JSON report.
+
+    source: a camera index or device path, a URL (rtsp://, udp://, tcp://, ...), or a
+    file (paced at its own speed with ``realtime``). The source is opened here
+    (SourceError with one line if it cannot be).
+    """
+    from .io.live import parse_source
+    from .pipeline.live import StreamSession
+
+    spec = parse_source(str(source), realtime=realtime, size=size, fps=fps)
+    options = dict(pipeline=pipeline, backbone=backbone, head=head, device=device)
+    return StreamSession(spec, _stages_for(options, stages), reconnect_s=reconnect_s, duration_s=duration_s,
+                         max_frames=max_frames, detect_every=detect_every, allow_lag=allow_lag)
 
 
 def annotate_to_files(source: str | Path, out_dir: str | Path, *, overwrite: bool = False,

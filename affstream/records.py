@@ -230,6 +230,26 @@ class FrameAnnotation:
     au_present: np.ndarray | None = None
 
 
+STATUS_OK = "ok"  # a live frame analysed (with or without a face)
+STATUS_DROPPED = "dropped"  # a live frame replaced by a newer one while the models were busy
+
+
+@dataclass(frozen=True, eq=False)
+class LiveRow:
+    """One row of a live session: the annotation plus when its frame arrived.
+
+    row:        the FrameAnnotation (a dropped frame: ``track_id`` -1, ``success`` False).
+    arrival_s:  seconds of the session clock when the frame came off the decoder.
+    latency_ms: milliseconds from the frame's arrival to this row being handed out.
+    status:     :data:`STATUS_OK` or :data:`STATUS_DROPPED`.
+    """
+
+    row: FrameAnnotation
+    arrival_s: float
+    latency_ms: float
+    status: str
+
+
 # ------------------------------------------------------------------------ run records
 
 

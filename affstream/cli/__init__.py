@@ -15,6 +15,7 @@ import click
 from . import _ui
 from .annotate import annotate_command
 from .corpus import corpus_command
+from .stream import stream_command
 from .train import evaluate_command, export_command, features_command, train_command
 
 
@@ -52,6 +53,7 @@ def main(verbose: int) -> None:
 
 for _command in (annotate_command, corpus_command, features_command, train_command, evaluate_command, export_command):
     main.add_command(_command)
+main.add_command(stream_command)
 
 def run() -> None:
     """The console entry point: :func:`main`, with a stop that arrives while click

@@ -1,6 +1,6 @@
 """The head steps, shared by every schedule: face features -> head outputs -> rows.
 
-Two predictors share the row-making code (:func:`empty_row`, :func:`face_row`):
+Three predictors share the row-making code (:func:`empty_row`, :func:`face_row`):
 
 * :class:`FramePredictor` for per-frame heads (zero-shot text, MLP): a chunk's rows are
   ready as soon as its features are.
@@ -10,6 +10,8 @@ Two predictors share the row-making code (:func:`empty_row`, :func:`face_row`):
   merged by :class:`~affstream.temporal.buffer.WindowStitcher` (rule documented in
   :mod:`affstream.temporal.windows`). A frame's rows are emitted once every face in
   it has its stitched output, so memory stays bounded by about one window per track.
+* :class:`CausalPredictor` for temporal heads trained causally: one window per face per
+  frame, ending at that frame, so outputs are causal and identical offline and live.
 
 Both yield exactly one :class:`~affstream.records.FrameAnnotation` per face per frame, and one row with
 ``track_id == -1`` for a frame without faces.
@@ -179,13 +181,87 @@ class WindowPredictor:
                 yield face_row(frame, face, pred, i, self.thresholds)
 
 
+class CausalPredictor:
+    """A causal temporal head, frame by frame: per track a ring buffer of its last ``w``
+    feature vectors; the output at frame t is the head's last position on the buffer
+    ending at t, so it depends only on frames <= t (and always has the most context
+    the head was trained with). Used live and offline alike, so a causal head gives the
+    same values in ``annotate`` and ``stream``. Windows of one chunk are batched,
+    ``window_batch`` per head call. A track unseen for more than ``max_missed_frames``
+    frames is forgotten (as the offline schedule closes it).
+
+    Cost: one window per face per frame (the stitched offline rule needs one per
+    ``stride`` frames), which is what exact causality costs.
+    """
+
+    def __init__(self, head: AffectHead, times: StageTimes, max_missed_frames: int, window_batch: int = 32) -> None:
+        card = head.card
+        self.head, self.times = head, times
+        self.tasks = tuple(card.tasks)
+        self.length = int(card.window_length)
+        self.thresholds = np.asarray(card.au_thresholds, dtype=np.float32)
+        self.max_missed = int(max_missed_frames)
+        self.window_batch = int(window_batch)
+        self.buffers: dict[int, deque] = {}
+        self.last_seen: dict[int, int] = {}
+        self.device = next(iter(head.parameters()), torch.empty(0)).device
+
+    def feed(self, chunk: FaceChunk) -> Iterator[FrameAnnotation]:
+        host = chunk.features.float().cpu().numpy()
+        windows: list[np.ndarray] = []
+        i = 0
+        for frame in chunk.frames:
+            self._forget(frame.frame_index)
+            for face in frame.faces:
+                ring = self.buffers.setdefault(face.track_id, deque(maxlen=self.length))
+                ring.append(host[i])
+                self.last_seen[face.track_id] = frame.frame_index
+                windows.append(np.stack(ring))
+                i += 1
+        parts = [self._run(windows[k : k + self.window_batch]) for k in range(0, len(windows), self.window_batch)]
+        scores = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+        i = 0
+        for frame in chunk.frames:
+            if not frame.faces:
+                yield empty_row(frame)
+                continue
+            pred = unpack_scores(scores[i : i + len(frame.faces)], self.tasks)
+            for k, face in enumerate(frame.faces):
+                yield face_row(frame, face, pred, k, self.thresholds)
+            i += len(frame.faces)
+
+    def _run(self, windows: list[np.ndarray]) -> np.ndarray:
+        """Packed raw scores (B, C) at the last frame of each window (T_i, D), one head call."""
+        longest = max(len(w) for w in windows)
+        feats = np.zeros((len(windows), longest, windows[0].shape[1]), dtype=np.float32)
+        mask = np.zeros((len(windows), longest), dtype=bool)
+        for b, window in enumerate(windows):
+            feats[b, : len(window)] = window
+            mask[b, : len(window)] = True
+        with self.times.time("head"), torch.inference_mode():
+            out = self.head(torch.from_numpy(feats).to(self.device), torch.from_numpy(mask).to(self.device))
+            scores = pack_outputs(out, self.tasks).cpu().numpy()
+        last = np.asarray([len(w) - 1 for w in windows])
+        return scores[np.arange(len(windows)), last]
+
+    def _forget(self, current: int) -> None:
+        for track_id in [t for t, last in self.last_seen.items() if current - last > self.max_missed]:
+            del self.last_seen[track_id], self.buffers[track_id]
+
+    def close(self) -> Iterator[FrameAnnotation]:
+        return iter(())
+
+
 def make_predictor(head: AffectHead, times: StageTimes, max_missed_frames: int,
-                   window_batch: int) -> FramePredictor | WindowPredictor:
-    """The predictor matching the head's card (windowed or per-frame).
+                   window_batch: int) -> FramePredictor | WindowPredictor | CausalPredictor:
+    """The predictor matching the head's card: per-frame; windowed and causal (one
+    window ending at each frame, :class:`CausalPredictor`); windowed (stitched windows).
 
     max_missed_frames: frames after which a track's windows are closed (the tracker's
     own retirement rule); window_batch: windows per head call.
     """
+    if head.card.windowed and head.card.causal:
+        return CausalPredictor(head, times, max_missed_frames, window_batch)
     if head.card.windowed:
         return WindowPredictor(head, times, max_missed_frames, window_batch)
     return FramePredictor(head, times)

@@ -77,7 +77,8 @@ def iter_csv(path: str | Path) -> Iterator[FrameAnnotation]:
 def iter_csv_cells(path: str | Path) -> Iterator[tuple[str, list]]:
     """Per data row of a per-frame CSV affstream wrote: ``("FILE, line N", cells)``, the
     cells typed as :func:`~.columns.parse_cell` reads them (int, float, str or None),
-    exactly the printed values. Same checks and errors as :func:`iter_csv`."""
+    exactly the printed values. Same checks and errors as :func:`iter_csv`. A live
+    session's CSV (:mod:`.live`) is read too: its 44 table columns."""
     path = Path(path)
     hint = "give a per-frame CSV written by affstream annotate"
     try:
@@ -86,10 +87,15 @@ def iter_csv_cells(path: str | Path) -> Iterator[tuple[str, list]]:
             header = next(reader, None)
             if header is None:
                 raise DataError(f"{path}: is empty; {hint}")
-            if tuple(header) != CSV_COLUMNS:
+            from .live import LIVE_TABLE_COLUMNS
+
+            width = len(header)
+            if tuple(header) not in (CSV_COLUMNS, LIVE_TABLE_COLUMNS):
                 raise DataError(f"{path}: not an affstream per-frame CSV ({_header_problem(header)}); {hint}")
             for cells in reader:
                 where = f"{path}, line {reader.line_num}"
+                if len(cells) == width:  # a live log's last columns (arrival, latency, status) are not read here
+                    cells = cells[: len(CSV_COLUMNS)]
                 if len(cells) != len(CSV_COLUMNS):
                     raise DataError(
                         f"{where}: {len(cells)} cells, expected {len(CSV_COLUMNS)}; "

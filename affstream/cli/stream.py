@@ -1,0 +1,194 @@
+"""``affstream stream``: the CLI side of :class:`affstream.pipeline.live.StreamSession`
+(options, the live dashboard, the log files, stopping, the summary, the exit code)."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import click
+
+from . import _ui
+
+DASHBOARD_HZ = 4
+
+
+def log_stem(source: str) -> str:
+    """A file stem for a source: ``camera0``, ``udp_127.0.0.1_5000``, ``talk`` (a file)."""
+    if source.isdigit():
+        return f"camera{source}"
+    if source.startswith("/dev/"):
+        return Path(source).name
+    if "://" in source:
+        scheme, rest = source.split("://", 1)
+        rest = rest.split("?", 1)[0].split("@")[-1]
+        return re.sub(r"[^A-Za-z0-9.]+", "_", f"{scheme}_{rest}").strip("_")[:80] or scheme
+    return Path(source).stem or "stream"
+
+
+def _dashboard(session):
+    """The dashboard's renderable: rates, drops, latency; per face the expression, VA, AUs."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..labels import AU_LABELS, EXPR_LABELS
+
+    stats = session.stats
+    rate_in, rate_out = session.rates()
+    latency = stats.latency()
+    median = latency["median_ms"]
+    p95 = latency["p95_ms"]
+    head = Text.assemble(
+        ("live ", "bold"), f"{session.spec.label}  ",
+        f"in {rate_in:5.1f} fps  out {rate_out:5.1f} fps  ",
+        f"received {session.feed_stats.received}  dropped {stats.dropped}  ",
+        f"latency median {median:.0f} ms p95 {p95:.0f} ms" if median is not None else "latency -",
+        f"  reconnects {session.feed_stats.reconnects}" if session.feed_stats.reconnects else "",
+    )
+    table = Table(title=head, title_justify="left", box=None, pad_edge=False, show_header=True, header_style="bold")
+    for column in ("face", "expression", "p", "valence", "arousal", "active AUs"):
+        table.add_column(column)
+    for track_id, row in sorted(stats.current.items())[-8:]:
+        expression = "-" if row.expression is None else EXPR_LABELS[row.expression]
+        prob = "-" if row.expr_probs is None or row.expression is None else f"{row.expr_probs[row.expression]:.2f}"
+        aus = "-" if row.au_present is None else " ".join(a for a, on in zip(AU_LABELS, row.au_present, strict=True)
+                                                        if on) or "none"
+        table.add_row(str(track_id), expression, prob, "-" if row.valence is None else f"{row.valence:+.2f}",
+                      "-" if row.arousal is None else f"{row.arousal:+.2f}", aus)
+    if not stats.current:
+        table.add_row("-", "no face yet", "", "", "", "")
+    return table
+
+
+@click.command("stream")
+@click.argument("source", required=False, default="0")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for STEM.csv, STEM.jsonl and STEM.json (STEM from the source: camera0, talk, ...).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The CSV log (instead of -o).")
+@click.option("--jsonl", "jsonl_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The JSON Lines log (instead of -o).")
+@click.option("--pipeline", default="default", show_default=True, help="Preset name (default, smoke) or a pipeline .toml file.")
+@click.option("--backbone", default=None, help="CLIP backbone ARCH:TAG, ARCH:/path/to/weights or ARCH:random.")
+@click.option("--head", default=None, help="'zeroshot', or a trained per-frame or causal temporal head checkpoint.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the preset's).")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after S seconds.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames received.")
+@click.option("--realtime", is_flag=True, help="A file source is played at its own speed (a stand-in for a camera).")
+@click.option("--detect-every", type=click.IntRange(min=1, max=1000), default=None,
+              help="Full face detection every K-th analysed frame, tracks followed in between "
+                   "(default: the preset's schedule.live_detect_every, 3).")
+@click.option("--reconnect-s", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="A live source that stalls or disconnects is reopened for this long, then the session fails.")
+@click.option("--allow-lag", is_flag=True, help="Run a non-causal temporal head; rows come once its window is complete.")
+@click.option("--size", default=None, help="Camera frame size WIDTHxHEIGHT (e.g. 1280x720).")
+@click.option("--fps", type=float, default=None, help="Camera frame rate.")
+@click.option("--overwrite", is_flag=True, help="Replace existing log files.")
+@click.option("--quiet", is_flag=True, help="No live dashboard (rows are still written).")
+def stream_command(source, out_dir, csv_path, jsonl_path, pipeline, backbone, head, device, duration_s, max_frames,
+                   realtime, detect_every, reconnect_s, allow_lag, size, fps, overwrite, quiet) -> None:
+    """Annotate a live SOURCE (a webcam index such as 0, a device path, an rtsp:// / udp:// /
+    tcp:// / http(s):// URL, or a file) causally, logging every frame received."""
+    from ..api import resolve_config
+    from ..errors import AffstreamError
+    from ..files import atomic_write_text
+    from ..io.live import parse_source
+    from ..pipeline import check_config, load_stages
+    from ..pipeline.live import StreamSession
+    from ..pipeline.run import MEANINGLESS_WARNING
+    from ..writers.json import to_jsonable
+    from ..writers.live import LiveCsvWriter, LiveJsonlWriter
+
+    console = _ui.stderr_console()
+    if out_dir is None and csv_path is None and jsonl_path is None:
+        _ui.fail("give -o OUTDIR, or --csv FILE and/or --jsonl FILE, for the session log")
+    if out_dir is not None and (csv_path or jsonl_path):
+        _ui.fail("give either -o OUTDIR or --csv/--jsonl, not both")
+    if out_dir is not None:
+        stem = log_stem(source)
+        csv_path, jsonl_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.jsonl"
+    report_path = (csv_path or jsonl_path).with_suffix(".json")
+    try:
+        spec = parse_source(source, realtime=realtime, size=size, fps=fps)
+        config = resolve_config(pipeline, backbone=backbone, head=head, device=device)
+        check_config(config)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        for path in (csv_path, jsonl_path, report_path):
+            if path is not None and path.exists() and not overwrite:
+                raise AffstreamError(f"{path}: already exists; pass --overwrite or choose another output")
+        stages = load_stages(config)
+        if not stages.meaningful:
+            _ui.warning(console, MEANINGLESS_WARNING)
+        session = StreamSession(spec, stages, reconnect_s=reconnect_s, duration_s=duration_s, max_frames=max_frames,
+                                detect_every=detect_every, allow_lag=allow_lag)
+    except AffstreamError as exc:
+        _ui.fail(str(exc), _ui.EXIT_INPUT_FAILED)
+    except OSError as exc:
+        _ui.fail(f"{out_dir or csv_path}: cannot create the output ({exc.strerror or exc})", _ui.EXIT_INPUT_FAILED)
+
+    writers = []
+    try:
+        if csv_path is not None:
+            writers.append(LiveCsvWriter(csv_path, mode="live", overwrite=overwrite))
+        if jsonl_path is not None:
+            writers.append(LiveJsonlWriter(jsonl_path, mode="live", overwrite=overwrite))
+    except AffstreamError as exc:
+        for writer in writers:
+            writer.abort()
+        _ui.fail(str(exc), _ui.EXIT_INPUT_FAILED)
+
+    stopped = []
+
+    def request_stop(signum, _frame) -> None:
+        if stopped:  # a second signal: stop at once (rows written so far stay)
+            raise KeyboardInterrupt
+        stopped.append(signal.Signals(signum).name)
+        session.stop()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    live = None
+    if not quiet and console.is_terminal:
+        from rich.live import Live
+
+        live = Live(console=console, refresh_per_second=DASHBOARD_HZ, get_renderable=lambda: _dashboard(session),
+                    transient=True)
+        live.start()
+    failure = None
+    try:
+        for row in session:
+            for writer in writers:
+                writer.write(row)
+    except AffstreamError as exc:
+        failure = str(exc)
+    except KeyboardInterrupt:
+        failure = "stopped at once by a second signal; the rows written so far are kept"
+    finally:
+        if live is not None:
+            live.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for writer in writers:
+            try:
+                writer.close()
+            except AffstreamError as exc:
+                failure = failure or str(exc)
+    outputs = {kind: path.name for kind, path in (("csv", csv_path), ("jsonl", jsonl_path)) if path is not None}
+    report = session.report(outputs)
+    report["stopped_by"] = stopped[0] if stopped else None
+    import json
+
+    atomic_write_text(report_path, json.dumps(to_jsonable(report), indent=2) + "\n")
+    counts, latency = report["counts"], report["latency"]
+    median = "-" if latency["median_ms"] is None else f"{latency['median_ms']:.0f}"
+    p95 = "-" if latency["p95_ms"] is None else f"{latency['p95_ms']:.0f}"
+    _ui.info(console, f"{spec.label}: {counts['frames_received']} frames received, {counts['frames_analysed']} analysed, "
+                      f"{counts['frames_dropped']} dropped; latency median {median} ms, p95 {p95} ms; "
+                      f"{report['frames_per_s']['out']:.1f} frames/s out; log: "
+                      + ", ".join(str(p) for p in (csv_path, jsonl_path) if p is not None)
+                      + (f" (stopped by {stopped[0]})" if stopped else ""))
+    error = failure or session.error
+    if error:
+        _ui.fail(error, _ui.EXIT_INPUT_FAILED)
