@@ -1,6 +1,7 @@
 """Command line: parsing, progress and error reporting only; the work is in the library.
 
-One module per command family (:mod:`.annotate`, :mod:`.train`), all sharing
+One module per command family (:mod:`.annotate`, :mod:`.corpus`, :mod:`.train`,
+:mod:`.pictures`), all sharing
 :mod:`._ui` (console, exit codes, progress, summary). Nothing heavy (torch, open_clip,
 av) is imported until a command runs, so ``affstream --help`` is instant.
 """
@@ -15,6 +16,7 @@ import click
 from . import _ui
 from .annotate import annotate_command
 from .corpus import corpus_command
+from .pictures import plot_command, render_command, report_command
 from .stream import stream_command
 from .train import evaluate_command, export_command, features_command, train_command
 
@@ -51,7 +53,8 @@ def main(verbose: int) -> None:
     logger.setLevel(level)
 
 
-for _command in (annotate_command, corpus_command, features_command, train_command, evaluate_command, export_command):
+for _command in (annotate_command, corpus_command, features_command, train_command, evaluate_command, export_command,
+                 render_command, plot_command, report_command):
     main.add_command(_command)
 main.add_command(stream_command)
 

@@ -80,7 +80,9 @@ class _Progress:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Faces per backbone batch.")
 @click.option("--overwrite", is_flag=True,
               help="Replace existing files under the output names that affstream did not write (never an input).")
-def annotate_command(videos, out_dir, pipeline, backbone, head, device, batch_size, overwrite) -> None:
+@click.option("--overlay", is_flag=True,
+              help="Also render <stem>.overlay.mp4: the video with its annotations drawn on (see affstream render).")
+def annotate_command(videos, out_dir, pipeline, backbone, head, device, batch_size, overwrite, overlay) -> None:
     """Annotate VIDEOS: one CSV row per face per frame, plus a JSON report per video."""
     from ..api import resolve_config
     from ..errors import AffstreamError
@@ -91,6 +93,8 @@ def annotate_command(videos, out_dir, pipeline, backbone, head, device, batch_si
     console = _ui.stderr_console()
     try:
         check_outputs(list(videos), out_dir, overwrite=overwrite)
+        if overlay:
+            _check_overlays(videos, out_dir, overwrite)
         config = resolve_config(pipeline, backbone=backbone, head=head, device=device, batch_size=batch_size)
         check_config(config)
     except AffstreamError as exc:
@@ -103,8 +107,44 @@ def annotate_command(videos, out_dir, pipeline, backbone, head, device, batch_si
     except KeyboardInterrupt:
         _ui.interrupted(console, "no partial output was left under a final name")
     failed = [r for r in results if not r.ok]
+    if overlay:
+        failed += _render_overlays(console, [r for r in results if r.ok], out_dir, overwrite)
     if len(results) > 1:
         _ui.summary_table(console, [(r.path, r.status, r.error or str(r.csv_path)) for r in results])
     if failed:
         _ui.info(console, f"{len(failed)} of {len(results)} input(s) failed")
         raise SystemExit(_ui.EXIT_INPUT_FAILED)
+
+
+def _check_overlays(videos, out_dir: Path, overwrite: bool) -> None:
+    """Fail before any work if an overlay video could not be written (see pictures.outputs)."""
+    from ..pictures.outputs import check_output, overlay_path
+
+    for video in videos:
+        check_output(overlay_path(out_dir, video), inputs=list(videos), overwrite=overwrite)
+
+
+def _render_overlays(console, results, out_dir: Path, overwrite: bool) -> list:
+    """Render ``OUT/<stem>.overlay.mp4`` from each written CSV; the results whose
+    overlay failed (one error line each)."""
+    from ..errors import AffstreamError
+    from ..pictures.frames import is_still_picture
+    from ..pictures.outputs import overlay_path
+    from .pictures import run_render
+
+    failed = []
+    for result in results:
+        if is_still_picture(result.path):
+            _ui.warning(console, f"{result.path}: a still picture has no overlay video (affstream report shows it annotated)")
+            continue
+        out = overlay_path(out_dir, result.path)
+        try:
+            rendered = run_render(console, Path(result.path), result.csv_path, out, crf=18, overwrite=overwrite)
+        except AffstreamError as exc:
+            _ui.error(console, f"{result.path}: overlay not written: {exc}")
+            failed.append(result)
+            continue
+        except KeyboardInterrupt:
+            _ui.interrupted(console, "the CSVs are written; no partial overlay was left under a final name")
+        _ui.info(console, f"{result.path} -> {rendered.path} ({rendered.frames} frames)")
+    return failed
