@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+from fractions import Fraction
 
 import av
 
@@ -54,6 +55,7 @@ def main() -> None:
             time.sleep(delay)
         frame = frame.reformat(format="yuv420p")
         frame.pts = index
+        frame.time_base = Fraction(1, args.fps)  # else PyAV rescales the index from the source's time base
         for packet in stream.encode(frame):
             out.mux(packet)
         if args.frames and index + 1 >= args.frames:
