@@ -80,7 +80,8 @@ def main() -> None:
             for name, extra in SETTINGS.items():
                 results[name].append(run_setting(corpus, extra, args))
                 print(f"# {name}: {results[name][-1]['wall']:.1f} s", file=sys.stderr)
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+    print(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
+          f"{os.getloadavg()[0]:.2f} at the end; "
           f"pipeline {args.pipeline}{', backbone ' + args.backbone if args.backbone else ''}; "
           f"{videos} videos; median of {args.repeat} interleaved runs\n")
     print("| setting | videos | frames | wall s (median) | frames/s | runs (s) |")
@@ -96,7 +97,7 @@ def main() -> None:
     print(f"- speed-up of 2 local workers over 1: {medians['local, 1 worker'] / medians['local, 2 workers']:.2f}x")
     print(f"- Ray engine wall over local engine, both with 2 workers: "
           f"{medians['ray, 2 actors'] / medians['local, 2 workers']:.2f}x "
-          f"(+{medians['ray, 2 actors'] - medians['local, 2 workers']:.1f} s)")
+          f"({medians['ray, 2 actors'] - medians['local, 2 workers']:+.1f} s)")
 
 
 if __name__ == "__main__":
