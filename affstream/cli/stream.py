@@ -47,7 +47,7 @@ def _dashboard(session):
         f"latency median {median:.0f} ms p95 {p95:.0f} ms" if median is not None else "latency -",
         f"  reconnects {session.feed_stats.reconnects}" if session.feed_stats.reconnects else "",
     )
-    table = Table(title=head, title_justify="left", box=None, pad_edge=False, show_header=True, header_style="bold")
+    table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
     for column in ("face", "expression", "p", "valence", "arousal", "active AUs"):
         table.add_column(column)
     for track_id, row in sorted(stats.current.items())[-8:]:
@@ -59,7 +59,9 @@ def _dashboard(session):
                       "-" if row.arousal is None else f"{row.arousal:+.2f}", aus)
     if not stats.current:
         table.add_row("-", "no face yet", "", "", "", "")
-    return table
+    from rich.console import Group
+
+    return Group(head, table)
 
 
 def _set_threads(threads: int | None) -> None:

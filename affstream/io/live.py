@@ -281,13 +281,15 @@ class LiveFeed:
 
     ``take`` returns ``(dropped, frame)``: the frames replaced since the last take (in
     order, without pixels) and the newest frame (None at the end or on timeout).
+    ``max_frames``: reading stops after that many frames.
     ``error`` is set (one line) when a live source could not be kept. ``stop`` ends the
     reading; frames still waiting are reported by the next ``take`` as dropped.
     """
 
     def __init__(self, spec: LiveSpec, *, reconnect_s: float = 5.0, open_timeout_s: float = OPEN_TIMEOUT_S,
-                 read_timeout_s: float = READ_TIMEOUT_S, clock=time.monotonic) -> None:
+                 read_timeout_s: float = READ_TIMEOUT_S, max_frames: int | None = None, clock=time.monotonic) -> None:
         self.spec = spec
+        self.max_frames = max_frames  # reading stops after this many frames
         self.reconnect_s = float(reconnect_s)
         self.timeouts = (float(open_timeout_s), float(read_timeout_s))
         self.clock = clock
@@ -412,6 +414,8 @@ class LiveFeed:
                 stats.dropped += 1
             self._waiting = frame
             self._lock.notify_all()
+        if self.max_frames is not None and stats.received >= self.max_frames:
+            self._stop.set()
 
     def _reconnect(self, reason: str) -> bool:
         """Reopen with backoff for up to ``reconnect_s``; False (``error`` set) when it gave up."""
