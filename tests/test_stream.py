@@ -260,6 +260,28 @@ def test_tcp_sender_faster_than_the_models(tmp_path, wolfgang_mp4):
     assert report["latency"]["max_ms"] < 5000.0
 
 
+@pytest.mark.slow
+def test_tcp_sender_restarts_and_the_session_reconnects(tmp_path, single_face_mp4):
+    """The sender goes away after 60 frames and a new one listens again on the same
+    port: the session reconnects, times go on increasing, every frame is logged."""
+    port = free_port(socket.SOCK_STREAM)
+    url = f"tcp://127.0.0.1:{port}"
+    first = sender(single_face_mp4, url + "?listen=1", "--frames", "60")
+    time.sleep(0.5)
+    out = tmp_path / "out"
+    receiver = subprocess.Popen(stream_cmd(url, out, "--max-frames", "100", "--reconnect-s", "20"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first.wait(timeout=120)
+    second = sender(single_face_mp4, url + "?listen=1", "--loops", "3")
+    _, stderr = receiver.communicate(timeout=180)
+    second.kill()
+    assert receiver.returncode == 0, stderr
+    assert "reconnected" in stderr
+    rows, _, report = read_log(out, f"tcp_127.0.0.1_{port}")
+    check_every_frame_logged(rows, report)
+    assert report["counts"]["reconnects"] == 1 and report["counts"]["frames_received"] == 100
+
+
 def _wait_rows(path: Path, count: int, process: subprocess.Popen, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:

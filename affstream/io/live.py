@@ -22,7 +22,9 @@ decoder, in seconds of the session's monotonic clock.
 Reconnecting: on a live source (camera, URL) a read error, a stall longer than the read
 timeout, or a normal end of stream means the source went away: the feed reopens it
 with backoff for up to ``reconnect_s`` seconds; after that it ends with
-:attr:`LiveFeed.error` set (one line). Times go on increasing across a reconnection.
+:attr:`LiveFeed.error` set (one line). Times always increase: after a reconnection, or
+when the PTS jump back (a wrap, a new sender on the same UDP port), the clock goes on
+from the previous frame's time plus one frame step.
 """
 
 from __future__ import annotations
@@ -267,7 +269,7 @@ class _Clock:
             if self.origin is None:
                 self.origin = frame.pts
             value = self.offset + float((frame.pts - self.origin) * self.base)
-            if self.previous is not None and value <= self.previous - 10.0:  # a PTS wrap or reset
+            if self.previous is not None and value <= self.previous:  # a PTS wrap, or a new sender on the same port
                 self.origin, self.offset = frame.pts, self.previous + self.step
                 value = self.offset
         else:
