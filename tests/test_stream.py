@@ -334,3 +334,20 @@ def test_unopenable_source_is_one_line(tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and f"tcp://127.0.0.1:{port}" in lines[0] and "cannot be opened" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_allow_lag_runs_a_non_causal_head_and_states_the_lag(single_face_mp4):
+    """With --allow-lag a non-causal temporal head runs live: rows come once their
+    window is complete, they equal annotate's, and the report says so."""
+    import affstream
+
+    head = str(HERE / "golden" / "heads" / "temporal.safetensors")
+    session = affstream.stream(single_face_mp4, pipeline="smoke", device="cpu", head=head, detect_every=1,
+                               allow_lag=True)
+    live = list(session)
+    report = session.report()
+    assert report["lag"]["frames"] == 24 and "allow-lag" in report["lag"]["why"]
+    _assert_same_rows([r.row for r in live], _offline_rows(single_face_mp4, head))
+    # the first rows waited for their window: their latency exceeds that of a per-frame head's row
+    assert max(r.latency_ms for r in live[:10]) > min(r.latency_ms for r in live[-10:])
