@@ -95,6 +95,7 @@ def stream(
     realtime: bool = False,
     size: str | None = None,
     fps: float | None = None,
+    pixel_format: str | None = None,
     duration_s: float | None = None,
     max_frames: int | None = None,
     detect_every: int | None = None,
@@ -113,7 +114,7 @@ def stream(
     from .io.live import parse_source
     from .pipeline.live import StreamSession
 
-    spec = parse_source(str(source), realtime=realtime, size=size, fps=fps)
+    spec = parse_source(str(source), realtime=realtime, size=size, fps=fps, pixel_format=pixel_format)
     options = dict(pipeline=pipeline, backbone=backbone, head=head, device=device)
     return StreamSession(spec, _stages_for(options, stages), reconnect_s=reconnect_s, duration_s=duration_s,
                          max_frames=max_frames, detect_every=detect_every, allow_lag=allow_lag)

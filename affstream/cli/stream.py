@@ -113,6 +113,7 @@ def _close_page(page, text: str) -> None:
 @click.option("--allow-lag", is_flag=True, help="Run a non-causal temporal head; rows come once its window is complete.")
 @click.option("--size", default=None, help="Camera frame size WIDTHxHEIGHT (e.g. 1280x720).")
 @click.option("--fps", type=float, default=None, help="Camera frame rate.")
+@click.option("--pixel-format", default=None, help="Camera pixel format as FFmpeg names it (e.g. mjpeg, yuyv422).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch CPU threads (default: CPUs - 1, leaving one for decoding; see the README's Live section).")
 @click.option("--overwrite", is_flag=True, help="Replace existing log files.")
@@ -147,7 +148,7 @@ def stream_command(source, out_dir, csv_path, jsonl_path, pipeline, backbone, he
     report_path = (csv_path or jsonl_path).with_suffix(".json")
     page = None
     try:
-        spec = parse_source(source, realtime=realtime, size=size, fps=fps)
+        spec = parse_source(source, realtime=realtime, size=size, fps=fps, pixel_format=pixel_format)
         config = resolve_config(pipeline, backbone=backbone, head=head, device=device)
         check_config(config)
         if out_dir is not None:
