@@ -123,8 +123,8 @@ def _close_page(page, text: str) -> None:
 @click.option("--preview-port", type=click.IntRange(min=1, max=65535), default=None,
               help="The preview page's port (implies --preview; default: a free port).")
 def stream_command(source, out_dir, csv_path, jsonl_path, pipeline, backbone, head, device, duration_s, max_frames,
-                   realtime, detect_every, reconnect_s, allow_lag, size, fps, threads, overwrite, quiet, preview,
-                   preview_port) -> None:
+                   realtime, detect_every, reconnect_s, allow_lag, size, fps, pixel_format, threads, overwrite, quiet,
+                   preview, preview_port) -> None:
     """Annotate a live SOURCE (a webcam index such as 0, a device path, an rtsp:// / udp:// /
     tcp:// / http(s):// URL, or a file) causally, logging every frame received."""
     from ..api import resolve_config
