@@ -4,8 +4,8 @@
 writes replies and events to descriptor 4, each message JSON followed by a NUL byte: no
 port, no websocket library, no driver binary. :class:`Chromium` opens one page, records
 console errors, uncaught exceptions, log errors and every network request, evaluates
-JavaScript and takes screenshots. The network is switched off for the page, so a page
-that needs it fails visibly.
+JavaScript and takes screenshots. The network is switched off for the page unless asked
+otherwise (a page served from a local server), so a page that needs it fails visibly.
 """
 
 from __future__ import annotations
@@ -145,14 +145,17 @@ class Chromium:
 
     # ------------------------------------------------------------------ page
 
-    def open(self, url: str) -> None:
-        """Open ``url`` in a new page with the network off; wait until it has loaded."""
+    def open(self, url: str, offline: bool = True) -> None:
+        """Open ``url`` in a new page; wait until it has loaded. With ``offline`` the
+        network is off (pages from disk); without it (a page from a local server) the
+        network stays on and ``requests`` tells what the page asked for."""
         target = self._send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
         self._session = self._send("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)["sessionId"]
         for domain in ("Runtime", "Log", "Network", "Page"):
             self._send(f"{domain}.enable")
         self._send(
-            "Network.emulateNetworkConditions", {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+            "Network.emulateNetworkConditions",
+            {"offline": offline, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
         )
         self._send(
             "Emulation.setDeviceMetricsOverride",

@@ -24,6 +24,13 @@ dropped meanwhile are written at once, so they can come before the lagged rows o
 earlier frames).
 
 Latency is measured per row, from the frame's arrival to the row being handed out.
+
+Observing (a live preview): ``StreamSession(..., observer=fn)`` or ``session.observer =
+fn`` before iterating. ``fn(ObservedFrame)`` is called on the session's thread once per
+frame logged, after that frame's rows were handed out (so after the consumer wrote
+them), with the analysed picture, or ``image=None`` for a dropped frame. It must return
+quickly (hand the work to another thread); an observer that raises is logged and
+detached, the session goes on. With no observer nothing is kept or called.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +77,31 @@ def live_predictor(head: AffectHead, times: StageTimes, max_missed_frames: int, 
     raise ConfigError("this temporal head was not trained causally, so its output at a frame depends on later "
                       "frames; train a causal one (affstream train --head temporal --causal) or pass --allow-lag "
                       f"(rows then come once their {card.window_length}-frame window is complete)")
+
+
+@dataclass(frozen=True, eq=False)
+class ObservedFrame:
+    """One frame logged by a session, as an observer gets it (see the module docstring).
+
+    frame_index, time_s: as in the rows (1-based; the source's time in seconds).
+    image: (H, W, 3) uint8 RGB upright, the picture the models saw (shared, not a copy:
+           do not write to it); None for a dropped frame.
+    rows:  the frame's :class:`~affstream.records.LiveRow` records as handed out: one
+           per face, or one with ``track_id`` -1 (no face, or dropped).
+    """
+
+    frame_index: int
+    time_s: float
+    image: np.ndarray | None
+    rows: tuple[LiveRow, ...]
+
+    @property
+    def dropped(self) -> bool:
+        """The frame was replaced by a newer one before the models saw it."""
+        return self.rows[0].status == STATUS_DROPPED
+
+
+Observer = Callable[[ObservedFrame], None]
 
 
 @dataclass
@@ -114,10 +146,12 @@ class StreamSession:
     ``detect_every``: full detection every k-th analysed frame (None: the pipeline's
     ``schedule.live_detect_every``). The source is opened when the session is created
     (SourceError, one line); :attr:`error` is set when a live source went away for good.
+    ``observer``: called once per frame logged (see the module docstring).
     """
 
     def __init__(self, spec: LiveSpec, stages: Stages, *, reconnect_s: float = 5.0, duration_s: float | None = None,
-                 max_frames: int | None = None, detect_every: int | None = None, allow_lag: bool = False) -> None:
+                 max_frames: int | None = None, detect_every: int | None = None, allow_lag: bool = False,
+                 observer: Observer | None = None) -> None:
         config = stages.config
         self.spec = spec
         self.stages = stages
@@ -129,12 +163,14 @@ class StreamSession:
         self.duration_s = duration_s
         self.max_frames = max_frames
         self.stats = LiveStats()
-        self.feed = LiveFeed(spec, reconnect_s=reconnect_s)
+        self.feed = LiveFeed(spec, reconnect_s=reconnect_s, max_frames=max_frames)
         self.feed.open()
         self._stop = threading.Event()
         self._arrivals: dict[int, float] = {}  # analysed frames waiting for their rows (lagged heads)
         self._started = False
         self.wall_s = 0.0
+        self.observer = observer
+        self._images: dict[int, np.ndarray] = {}  # observed analysed frames waiting for lagged rows
 
     @property
     def error(self) -> str | None:
@@ -171,7 +207,10 @@ class StreamSession:
                 self.feed.stop()
             dropped, frame = self.feed.take(timeout=TAKE_TIMEOUT_S)
             for lost in dropped:
-                yield self._row(empty_row_for(lost), lost.arrival_s, STATUS_DROPPED)
+                live = self._row(empty_row_for(lost), lost.arrival_s, STATUS_DROPPED)
+                yield live
+                if self.observer is not None:
+                    self._observe([live], {})
             if frame is None:
                 if self.feed.finished:
                     break
@@ -180,8 +219,13 @@ class StreamSession:
             self.stats.analysed += 1
             self._arrivals[frame.frame_index] = frame.arrival_s
             yield from self._analyse(steps, tracker, schedule, frame)
+        observed: list[LiveRow] = []
         for row in self.predictor.close():
-            yield self._row(row, self._arrivals.pop(row.frame_index, self.feed.now()), STATUS_OK)
+            live = self._row(row, self._arrivals.pop(row.frame_index, self.feed.now()), STATUS_OK)
+            yield live
+            observed.append(live)
+        if self.observer is not None:
+            self._observe(observed, self._images)
         self.stats.received = self.feed.stats.received
         self.stats.reconnects = self.feed.stats.reconnects
 
@@ -202,14 +246,42 @@ class StreamSession:
         crops = steps.align(pixels, tracked)
         del pixels, batch
         chunk = steps.embed(tracked, [crops])
+        watched = self.observer is not None
+        if watched:
+            self._images[frame.frame_index] = frame.image
+        observed: list[LiveRow] = []
         for row in self.predictor.feed(chunk):
-            yield self._row(row, self._arrivals.get(row.frame_index, frame.arrival_s), STATUS_OK)
+            live = self._row(row, self._arrivals.get(row.frame_index, frame.arrival_s), STATUS_OK)
+            yield live
+            if watched:
+                observed.append(live)
         self.stats.outputs.append(self.feed.now())
         if not self.lagged:
             self._arrivals.pop(frame.frame_index, None)
         else:  # rows of a lagged head come later; forget frames whose rows were all written
             for index in [i for i in self._arrivals if i < self._oldest_pending()]:
                 del self._arrivals[index]
+        if watched:
+            self._observe(observed, self._images)
+
+    def _observe(self, rows: list[LiveRow], images: dict[int, np.ndarray]) -> None:
+        """Hand the observer one :class:`ObservedFrame` per frame in ``rows`` (rows of one
+        frame are consecutive); the pictures are taken out of ``images`` (empty for
+        dropped frames, whose picture was never kept)."""
+        start = 0
+        try:
+            for end in range(1, len(rows) + 1):
+                if end < len(rows) and rows[end].row.frame_index == rows[start].row.frame_index:
+                    continue
+                first = rows[start].row
+                image = images.pop(first.frame_index, None)
+                self.observer(ObservedFrame(first.frame_index, first.time_s, image, tuple(rows[start:end])))
+                start = end
+        except Exception as exc:  # noqa: BLE001 -- a broken observer must not end the session
+            log.warning("the session's observer failed (%s: %s); it is detached, the session goes on",
+                        type(exc).__name__, exc)
+            self.observer = None
+            images.clear()
 
     def _oldest_pending(self) -> int:
         pending = getattr(self.predictor, "pending", None)
