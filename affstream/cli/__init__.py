@@ -16,6 +16,7 @@ import click
 from . import _ui
 from .annotate import annotate_command
 from .corpus import corpus_command
+from .finetune import finetune_group
 from .pictures import plot_command, render_command, report_command
 from .stream import stream_command
 from .train import evaluate_command, export_command, features_command, train_command
@@ -54,7 +55,7 @@ def main(verbose: int) -> None:
 
 
 for _command in (annotate_command, corpus_command, features_command, train_command, evaluate_command, export_command,
-                 render_command, plot_command, report_command):
+                 render_command, plot_command, report_command, finetune_group):
     main.add_command(_command)
 main.add_command(stream_command)
 

@@ -89,7 +89,10 @@ def features_command(root, out, backbone, source, device, batch_size, test_list)
 
 def _metric_text(metrics: dict) -> str:
     keys = ("expr_f1", "au_f1", "va_ccc")
-    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics) or "no validation"
+    parts = [f"{k}={metrics[k]:.4f}" for k in keys if k in metrics]
+    if metrics.get("au_thresholds_tuned_on") and "au_f1_at_0.5" in metrics:
+        parts.append(f"(au_f1 {metrics['au_f1_at_0.5']:.4f} at threshold 0.5)")
+    return " ".join(parts) or "no validation"
 
 
 @click.command("train")
@@ -98,22 +101,46 @@ def _metric_text(metrics: dict) -> str:
 @click.option("--head", "head_kind", type=click.Choice(["mlp", "temporal"]), default="mlp", show_default=True)
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path),
               help="Head checkpoint stem: writes OUT.safetensors and OUT.json.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs [32].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Frames (mlp) or windows (temporal) per batch [32].")
-@click.option("--lr", type=float, default=None, help="Peak learning rate [mlp 1e-3, temporal 3e-5].")
+@click.option("--recipe", type=click.Choice(["default", "paper"]), default="default", show_default=True,
+              help="Settings the options below start from: 'default' (works on a few videos too) or 'paper' "
+                   "(the published settings of the head's method; see the README for the differences).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs: validation rounds, one pass over the data unless --min-steps needs more [32].")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Total optimizer steps, spread over --epochs (replaces --min-steps).")
+@click.option("--min-steps", type=click.IntRange(min=0), default=None,
+              help="Floor on the run's optimizer steps so warm-up and cosine decay work on small sets [300; paper 0].")
+@click.option("--batch-size", type=click.IntRange(min=0), default=None,
+              help="Frames (mlp) or windows (temporal) per batch; 0 = auto: 32, or fewer so that a pass over the "
+                   "data has at least 8 steps [auto; paper 32].")
+@click.option("--lr", type=float, default=None, help="Peak learning rate [mlp 1e-3, temporal 5e-4; paper 3e-5].")
 @click.option("--weight-decay", type=float, default=None, help="Weight decay [mlp 0, temporal 1e-5].")
 @click.option("--loss", type=click.Choice(["cvar", "erm"]), default=None,
               help="Per-frame loss reduction [mlp cvar, temporal erm].")
+@click.option("--expr-loss", type=click.Choice(["ce", "weighted"]), default=None,
+              help="Expression loss: cross-entropy or class-weighted cross-entropy [ce].")
+@click.option("--au-loss", type=click.Choice(["bce", "weighted"]), default=None,
+              help="AU loss: BCE or class-weighted BCE (positive weight per AU from the training frames) "
+                   "[weighted; paper bce].")
+@click.option("--au-holdout", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
+              help="Fraction of the training videos held out to tune per-AU thresholds (0: thresholds 0.5) "
+                   "[0.2; paper 0].")
+@click.option("--patience", type=click.IntRange(min=0), default=None,
+              help="Stop after this many epochs without a better validation score (0: never) [8; paper 0].")
 @click.option("--alpha", type=float, default=None, help="CVaR level in (0, 1] [0.3].")
 @click.option("--sam/--no-sam", default=None, help="Sharpness-aware minimisation [mlp on, temporal off].")
 @click.option("--rho", type=float, default=None, help="SAM radius [0.05].")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="MLP hidden width [768].")
 @click.option("--dropout", type=float, default=None, help="Dropout [mlp 0.6, temporal 0.3].")
-@click.option("--d-model", type=click.IntRange(min=2), default=None, help="Temporal head width [256].")
+@click.option("--d-model", type=click.IntRange(min=2), default=None, help="Temporal head width [128; paper 256].")
 @click.option("--window", "window_length", type=click.IntRange(min=1), default=None,
               help="Temporal window length in frames [300].")
 @click.option("--stride", "window_stride", type=click.IntRange(min=1), default=None,
               help="Temporal window stride in frames [200].")
+@click.option("--recut/--no-recut", default=None,
+              help="Re-cut the training windows at a random phase every pass [on; paper off].")
+@click.option("--window-min", type=click.IntRange(min=1), default=None,
+              help="Shortest training window: random window lengths in [N, --window] [off: all --window long].")
 @click.option("--causal/--no-causal", default=None, help="Temporal head sees only past frames [off].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -161,7 +188,8 @@ def train_command(features_dir, task, head_kind, out, resume, device, seed, **op
     except KeyboardInterrupt:
         _ui.interrupted(console, "the last finished epoch is saved; add --resume to continue" if epochs_saved or resume
                         else "stopped before the first epoch finished; nothing was written")
-    console.print(f"{summary['out']}: best epoch {summary['best_epoch']} of {summary['epochs']}, "
+    stopped = f" (stopped early after epoch {summary['stopped_after']})" if summary["stopped_after"] else ""
+    console.print(f"{summary['out']}: best epoch {summary['best_epoch']} of {summary['epochs']}{stopped}, "
                   f"{_metric_text(summary['metrics'])}", soft_wrap=True, markup=False)
 
 

@@ -99,6 +99,57 @@ def load_prompts(prompt_dir: str | Path | None = None) -> PromptSet:
     return PromptSet(expr, tuple(au_pos), tuple(au_neg), {EXPR_FILE: expr_sha, AU_FILE: au_sha})
 
 
+@dataclass(frozen=True)
+class PromptParts:
+    """The prompt files split the way CLEF uses them (same files as :func:`load_prompts`).
+
+    Per class, tuples of full prompts (every template applied to each phrase):
+
+    expr_names:        8 tuples: templates x the first description (it names the expression).
+    expr_descriptions: 8 tuples: templates x the other descriptions (what the face does).
+    au_names:          12 tuples: templates x the AU's ``description``.
+    au_descriptions:   12 tuples: templates x its ``positive`` phrases.
+    au_absent:         12 tuples: templates x its ``negative`` phrases.
+    file_sha256:       {file name: sha256 of its bytes}.
+    """
+
+    expr_names: tuple[tuple[str, ...], ...]
+    expr_descriptions: tuple[tuple[str, ...], ...]
+    au_names: tuple[tuple[str, ...], ...]
+    au_descriptions: tuple[tuple[str, ...], ...]
+    au_absent: tuple[tuple[str, ...], ...]
+    file_sha256: dict[str, str]
+
+
+def load_prompt_parts(prompt_dir: str | Path | None = None) -> PromptParts:
+    """Read the prompt files (checked as by :func:`load_prompts`) into label-name and
+    description prompts per class. An expression with a single description has no
+    description prompts (an empty tuple). Raises ConfigError naming the file."""
+    folder = Path(prompt_dir) if prompt_dir is not None else PROMPT_DIR
+    expr_path, au_path = folder / EXPR_FILE, folder / AU_FILE
+    expr_data, expr_sha = _read_toml(expr_path)
+    au_data, au_sha = _read_toml(au_path)
+    templates = _templates(expr_data, expr_path)
+    classes = _table(expr_data, "classes", expr_path, EXPR_LABELS)
+    phrases = [_phrases(classes[label], "descriptions", expr_path, label) for label in EXPR_LABELS]
+    au_templates = _templates(au_data, au_path)
+    units = _table(au_data, "units", au_path, AU_LABELS)
+    au_names, au_desc, au_absent = [], [], []
+    for label in AU_LABELS:
+        description = units[label].get("description")
+        if not isinstance(description, str) or not description.strip():
+            raise ConfigError(f"{au_path}: [units.{label}] needs a 'description' string")
+        au_names.append(_expand(au_templates, [description.strip()]))
+        au_desc.append(_expand(au_templates, _phrases(units[label], "positive", au_path, label)))
+        au_absent.append(_expand(au_templates, _phrases(units[label], "negative", au_path, label)))
+    return PromptParts(
+        expr_names=tuple(_expand(templates, p[:1]) for p in phrases),
+        expr_descriptions=tuple(_expand(templates, p[1:]) for p in phrases),
+        au_names=tuple(au_names), au_descriptions=tuple(au_desc), au_absent=tuple(au_absent),
+        file_sha256={EXPR_FILE: expr_sha, AU_FILE: au_sha},
+    )
+
+
 def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
     try:
         raw = path.read_bytes()

@@ -18,7 +18,11 @@ A frame sample is a (person, row) pair where the frame is *present* (has a face)
 annotated for at least one of the requested tasks; the masks say which. A person's
 *sequence* is its present frames in order (missing frames are skipped, as at
 inference, where a track's sequence is the frames where it has a face); windows cut
-that sequence with :func:`affstream.temporal.windows.plan_windows`.
+that sequence with :func:`affstream.temporal.windows.plan_windows` (the inference
+rule), or, for training, with :func:`recut_windows`: a random phase per pass (and
+optionally random lengths up to the window length), so that a video gives other
+windows in every pass. :class:`BatchStream` turns a sample set into the endless,
+seeded sequence of batches a training run consumes, pass after pass.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..labels import ordered_tasks
-from ..temporal.windows import plan_windows
+from ..temporal.windows import check_window_params, plan_windows
 from .affwild import unannotated
 from .bank import FeatureBank
 
@@ -192,15 +196,18 @@ def person_sequence(bank: FeatureBank, name: str, tasks: Sequence[str]) -> Perso
 class WindowSet:
     """Training windows over people's sequences.
 
-    items: (K, 3) int64 rows of (sequence index, start, valid_length) from
-    ``plan_windows(len(sequence), length, stride)``; only windows holding at least one
-    annotated frame are kept.
+    items: (K, 3) int64 rows of (sequence index, start, valid_length), from
+    ``plan_windows(len(sequence), length, stride)`` or :func:`recut_windows`; only
+    windows holding at least one annotated frame are kept. length: the window length w
+    (no item is longer). pad_longest: pad a batch to its longest window instead of w
+    (training batches of re-cut windows, which may be shorter than w).
     """
 
     bank: FeatureBank
     sequences: list[PersonSequence]
     items: np.ndarray
     length: int
+    pad_longest: bool = False
 
     def __post_init__(self) -> None:
         self._maps = MemmapCache(self.bank)
@@ -209,11 +216,13 @@ class WindowSet:
         return int(self.items.shape[0])
 
     def batch(self, index: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Windows ``index`` padded to ``length``: ``features`` (B, w, D) float32 (zeros on
-        padding), ``mask`` (B, w) bool (True = real frame), targets and per-task label
-        masks (B, w, ...) that are False on padding and on unannotated frames."""
+        """Windows ``index`` padded to ``length`` (or to the longest of them with
+        ``pad_longest``): ``features`` (B, T, D) float32 (zeros on padding), ``mask``
+        (B, T) bool (True = real frame), targets and per-task label masks (B, T, ...)
+        that are False on padding and on unannotated frames."""
         index = np.asarray(index, dtype=np.int64)
-        b, w = len(index), self.length
+        b = len(index)
+        w = int(self.items[index, 2].max()) if (self.pad_longest and b) else self.length
         feats = np.zeros((b, w, self.bank.feature_dim), dtype=np.float32)
         mask = np.zeros((b, w), dtype=bool)
         tasks = self.sequences[0].labels.keys() if self.sequences else ()
@@ -231,20 +240,68 @@ class WindowSet:
         return out
 
 
+def _annotated_windows(sequences: Sequence[PersonSequence], plans: Sequence[list[tuple[int, int]]]) -> np.ndarray:
+    """(K, 3) int64 items (sequence, start, valid) of the planned windows that hold an annotated frame."""
+    items = []
+    for idx, (seq, plan) in enumerate(zip(sequences, plans, strict=True)):
+        annotated = frame_annotated(seq.labels)
+        items.extend((idx, start, valid) for start, valid in plan if annotated[start:start + valid].any())
+    return np.asarray(items, dtype=np.int64).reshape(-1, 3)
+
+
 def window_set(bank: FeatureBank, names: Sequence[str], tasks: Sequence[str],
                length: int, stride: int) -> WindowSet:
-    """Windows of every person in ``names`` (see :class:`WindowSet`)."""
+    """Windows of every person in ``names`` by the inference rule (``plan_windows``;
+    see :class:`WindowSet`)."""
     tasks = check_tasks(tasks)
-    sequences, items = [], []
-    for name in names:
-        seq = person_sequence(bank, name, tasks)
-        annotated = frame_annotated(seq.labels)
-        idx = len(sequences)
-        sequences.append(seq)
-        for start, valid in plan_windows(len(seq), length, stride):
-            if annotated[start:start + valid].any():
-                items.append((idx, start, valid))
-    return WindowSet(bank, sequences, np.asarray(items, dtype=np.int64).reshape(-1, 3), int(length))
+    sequences = [person_sequence(bank, name, tasks) for name in names]
+    plans = [plan_windows(len(seq), length, stride) for seq in sequences]
+    return WindowSet(bank, sequences, _annotated_windows(sequences, plans), int(length))
+
+
+def recut_windows(n: int, length: int, stride: int, rng: np.random.Generator,
+                  min_length: int | None = None) -> list[tuple[int, int]]:
+    """Training windows over a sequence of ``n`` frames, cut at a random phase:
+    ``(start, valid_length)`` pairs, starts increasing, ``valid_length <= length``.
+
+    A phase ``p`` is drawn uniformly from ``[0, stride)``; window ``k`` starts at
+    ``p - stride + k * stride`` (``k = 0`` only when ``p > 0``) and is clipped to the
+    sequence, so the first window of a pass may be shorter than ``length`` and
+    consecutive windows overlap by ``length - stride`` frames as at inference. With
+    ``min_length`` (1 <= min_length <= length) each window's length is drawn uniformly
+    from ``[min_length, length]`` and the next start advances by that length times
+    ``stride / length``. Clipped windows shorter than half the shortest window length
+    (or than half the sequence) are dropped; every other frame is covered. ``n == 0``
+    gives no window.
+    """
+    check_window_params(length, stride)
+    if n <= 0:
+        return []
+    shortest = length if min_length is None else int(min_length)
+    if not 1 <= shortest <= length:
+        raise ConfigError(f"shortest training window {min_length} must lie in [1, window length {length}]")
+    keep = max(1, min(n, shortest) // 2)
+    phase = int(rng.integers(0, stride))
+    start = phase - stride if phase > 0 else 0
+    plan = []
+    while start < n:
+        size = length if shortest == length else int(rng.integers(shortest, length + 1))
+        first, stop = max(start, 0), min(start + size, n)
+        if stop - first >= keep:
+            plan.append((first, stop - first))
+        start += max(1, round(size * stride / length))
+    return plan
+
+
+def recut_window_set(base: WindowSet, stride: int, seed: int, pass_no: int,
+                     min_length: int | None = None) -> WindowSet:
+    """The windows of one training pass over ``base``'s sequences: :func:`recut_windows`
+    with a generator seeded by ``(seed, pass_no)`` (so a pass is reproducible, also
+    after a resume). Batches pad to their longest window."""
+    rng = np.random.default_rng([int(seed), int(pass_no), 0x57])
+    plans = [recut_windows(len(seq), base.length, stride, rng, min_length) for seq in base.sequences]
+    return WindowSet(base.bank, base.sequences, _annotated_windows(base.sequences, plans), base.length,
+                     pad_longest=True)
 
 
 def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int, *, min_size: int = 1) -> list[np.ndarray]:
@@ -255,3 +312,69 @@ def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int, *, min_size
     order = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     return [b for b in batches if len(b) >= min_size]
+
+
+SampleSet = FrameSet | WindowSet
+
+
+class BatchStream:
+    """The endless sequence of training batches of a run: pass 1, pass 2, ...
+
+    Pass ``p`` (1-based) draws its samples with ``view(p)`` (the fixed sample set, or
+    windows re-cut for that pass) and shuffles them with ``shuffled_batches(...,
+    seed, p)``; global step ``g`` (0-based) takes the ``g``-th batch of the
+    concatenated passes. Everything is a pure function of (seed, step), so a resumed
+    run continues with exactly the batches an uninterrupted one would have used.
+    When every pass has the same number of batches ``b`` and an epoch is ``b`` steps,
+    epoch ``e`` is exactly pass ``e``.
+    """
+
+    def __init__(self, view, batch_size: int, seed: int, min_size: int = 1) -> None:
+        self._view = view
+        self.batch_size, self.seed, self.min_size = int(batch_size), int(seed), int(min_size)
+        self._counts: list[int] = []  # batches in pass 1, 2, ...
+        self._current: tuple[int, SampleSet, list[np.ndarray]] | None = None
+
+    def _pass(self, pass_no: int) -> tuple[SampleSet, list[np.ndarray]]:
+        if self._current is None or self._current[0] != pass_no:
+            data = self._view(pass_no)
+            batches = shuffled_batches(len(data), self.batch_size, self.seed, pass_no, min_size=self.min_size)
+            self._current = (pass_no, data, batches)
+        return self._current[1], self._current[2]
+
+    def pass_batches(self, pass_no: int) -> int:
+        """Number of batches in pass ``pass_no`` (1-based)."""
+        while len(self._counts) < pass_no:
+            self._counts.append(len(self._pass(len(self._counts) + 1)[1]))
+        return self._counts[pass_no - 1]
+
+    def samples(self, pass_no: int = 1) -> int:
+        """Number of samples (frames or windows) in pass ``pass_no``."""
+        return len(self._pass(pass_no)[0])
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(pass, batch index within it) of global step ``step`` (0-based).
+        DataError if a pass has no batch (nothing to train on)."""
+        pass_no, offset = 1, int(step)
+        while True:
+            count = self.pass_batches(pass_no)
+            if count == 0:
+                raise DataError(f"training pass {pass_no} has no batch: too few annotated samples")
+            if offset < count:
+                return pass_no, offset
+            offset -= count
+            pass_no += 1
+
+    def take(self, first_step: int, count: int):
+        """Yield ``(data, index)`` for global steps ``first_step .. first_step + count - 1``:
+        the sample set of the step's pass and the indices of its batch."""
+        pass_no, offset = self.locate(first_step)
+        for _ in range(count):
+            data, batches = self._pass(pass_no)
+            if offset >= len(batches):
+                pass_no, offset = pass_no + 1, 0
+                data, batches = self._pass(pass_no)
+                if not batches:
+                    raise DataError(f"training pass {pass_no} has no batch: too few annotated samples")
+            yield data, batches[offset]
+            offset += 1

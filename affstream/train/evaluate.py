@@ -233,6 +233,28 @@ def score(pooled: Pooled, tasks: Sequence[str], au_thresholds: Sequence[float] |
     return result
 
 
+HALF = "at_0.5"
+"""Suffix of the AU metrics computed at threshold 0.5 beside those at the card's thresholds."""
+
+
+def score_with_thresholds(pooled: Pooled, tasks: Sequence[str], thresholds: Sequence[float] | np.ndarray | None,
+                          tuned_on: str | None) -> dict[str, Any]:
+    """:func:`score` at per-AU ``thresholds`` (None: 0.5 for every AU) plus, for AU
+    heads, the AU F1 at 0.5 beside it (``au_f1_at_0.5``, ``au_f1_per_au_at_0.5``), the
+    thresholds used (``au_thresholds`` {AU: threshold}) and where they were tuned
+    (``au_thresholds_tuned_on``: ``tuned_on``, None for untuned thresholds)."""
+    half = np.full(len(AU_LABELS), 0.5)
+    used = half if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    result = score(pooled, tasks, used)
+    if "au" in tasks:
+        at_half = score(pooled, ("au",), half)
+        result[f"au_f1_{HALF}"] = at_half["au_f1"]
+        result[f"au_f1_per_au_{HALF}"] = at_half["au_f1_per_au"]
+        result["au_thresholds"] = {label: float(t) for label, t in zip(AU_LABELS, used, strict=True)}
+        result["au_thresholds_tuned_on"] = tuned_on if thresholds is not None else None
+    return result
+
+
 def overall(result: dict[str, Any], tasks: Sequence[str]) -> float:
     """Model-selection score: the task's ABAW metric, or their sum for several tasks."""
     return float(sum(result[TASK_METRIC[t]] for t in tasks))
@@ -288,7 +310,9 @@ def evaluate_head(
 
     Returns a JSON-ready dict: ``expr_f1`` / ``au_f1`` / ``va_ccc`` (whichever the head
     predicts) with their per-class values (see :func:`score`), ``n_frames``,
-    ``n_filled``, ``split`` and ``people``. With ``tune_thresholds`` (AU heads) the
+    ``n_filled``, ``split`` and ``people``. The AU F1 uses the card's per-AU thresholds
+    (tuned by training on held-out training videos, or by ``tune_thresholds``); the F1
+    at threshold 0.5 is reported beside it (:func:`score_with_thresholds`). With ``tune_thresholds`` (AU heads) the
     per-AU thresholds are tuned on ``tune_split`` (:func:`metrics.tune_au_thresholds`),
     written to the head's card atomically (with ``au_thresholds_tuned_on`` in its
     metrics) and used for the reported AU F1; they are returned as ``au_thresholds``.
@@ -339,11 +363,8 @@ def score_head(
     tuned = None
     if tune_thresholds:
         card = tuned = _tune_thresholds(card, head, bank, tune_split, split, dev)
-    thresholds = np.asarray(card.au_thresholds, dtype=np.float64)
-    result = score(pooled, card.tasks, thresholds)
-    if "au" in card.tasks:
-        result["au_thresholds"] = {label: float(t) for label, t in zip(AU_LABELS, thresholds, strict=True)}
-        result["au_thresholds_tuned_on"] = card.metrics.get("au_thresholds_tuned_on")
+    result = score_with_thresholds(pooled, card.tasks, np.asarray(card.au_thresholds, dtype=np.float64),
+                                   card.metrics.get("au_thresholds_tuned_on"))
     result["split"] = split
     result["people"] = len(names)
     return result, tuned

@@ -140,32 +140,76 @@ def reduce(losses: torch.Tensor, kind: str, alpha: float = 1.0) -> torch.Tensor:
     raise ConfigError(f"loss reduction '{kind}': unknown; use 'cvar' or 'erm'")
 
 
-def expr_loss(logits: torch.Tensor, target: torch.Tensor, *, reduction: str = "none") -> torch.Tensor:
-    """Cross-entropy of expression logits.
+def expr_loss(logits: torch.Tensor, target: torch.Tensor, *, reduction: str = "none",
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of expression logits, optionally class-weighted.
 
     logits: (N, 8) float, unnormalised. target: (N,) int64 class index in [0, 8).
-    reduction: ``"none"`` -> (N,) per-sample losses in nats; ``"mean"`` / ``"sum"`` -> 0-d.
+    weight: optional (8,) float per-class weights (:func:`expr_class_weights`); sample i
+    then counts ``weight[target[i]]`` times. reduction: ``"none"`` -> (N,) per-sample
+    losses in nats; ``"mean"`` / ``"sum"`` -> 0-d (torch's weighted mean for "mean").
     Rows with missing labels (-1) must be removed by the caller.
     """
-    return F.cross_entropy(logits.float(), target, reduction=reduction)
+    w = None if weight is None else weight.to(device=logits.device, dtype=torch.float32)
+    return F.cross_entropy(logits.float(), target, weight=w, reduction=reduction)
 
 
-def au_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def au_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+            pos_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample mean binary cross-entropy (with logits) over the valid action units.
 
     logits: (N, 12) float. target: (N, 12) float 0/1 (entries outside ``mask`` are ignored,
     whatever their value). mask: (N, 12) bool, True where the AU is annotated; None means
-    all are. Returns (N,) float losses in nats; a row with no valid AU gets loss 0 and
-    no gradient.
+    all are. pos_weight: optional (12,) float, the weight of a positive label per AU
+    (class-weighted BCE, :func:`au_pos_weights`); negatives weigh 1. Returns (N,) float
+    losses in nats; a row with no valid AU gets loss 0 and no gradient.
     """
     logits = logits.float()
     target = target.to(logits.dtype)
+    pw = None if pos_weight is None else pos_weight.to(device=logits.device, dtype=logits.dtype)
     if mask is None:
-        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=1)
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none", pos_weight=pw).mean(dim=1)
     weight = mask.to(logits.dtype)
     target = torch.where(mask, target, torch.zeros_like(target))
-    per_au = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
+    per_au = F.binary_cross_entropy_with_logits(logits, target, reduction="none", pos_weight=pw) * weight
     return per_au.sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
+
+
+MAX_CLASS_WEIGHT = 10.0
+"""Largest class weight (EXPR) or positive weight (AU) derived from label counts: a
+class seen a handful of times must not dominate every batch."""
+
+
+def expr_class_weights(labels: np.ndarray, n_classes: int = 8, max_weight: float = MAX_CLASS_WEIGHT) -> np.ndarray:
+    """Inverse-frequency class weights for :func:`expr_loss`, (n_classes,) float64.
+
+    labels: (N,) int class indices of the training frames (-1 = unannotated, ignored).
+    Class c gets ``N / (C * n_c)`` clipped to ``[1 / max_weight, max_weight]``, then all
+    are rescaled so that the mean weight over the training frames is 1 (the loss keeps
+    its scale). A class without frames gets weight 1 (it never occurs as a target).
+    """
+    y = np.asarray(labels).reshape(-1)
+    y = y[y >= 0].astype(np.int64)
+    counts = np.bincount(y, minlength=n_classes)[:n_classes].astype(np.float64)
+    if counts.sum() == 0:
+        return np.ones(n_classes)
+    raw = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1.0)), 1.0)
+    raw = np.clip(raw, 1.0 / max_weight, max_weight)
+    return raw * counts.sum() / float((raw * counts).sum())
+
+
+def au_pos_weights(labels: np.ndarray, max_weight: float = MAX_CLASS_WEIGHT) -> np.ndarray:
+    """Positive weights per AU for :func:`au_loss`, (12,) float64: ``n_negative / n_positive``
+    of each AU over its annotated training frames, clipped to ``[1 / max_weight, max_weight]``.
+
+    labels: (N, 12) 0/1 with -1 for unannotated entries (ignored). An AU without
+    positives or without negatives gets 1.
+    """
+    y = np.asarray(labels)
+    pos = (y == 1).sum(axis=0).astype(np.float64)
+    neg = (y == 0).sum(axis=0).astype(np.float64)
+    ratio = np.where((pos > 0) & (neg > 0), neg / np.maximum(pos, 1.0), 1.0)
+    return np.clip(ratio, 1.0 / max_weight, max_weight)
 
 
 def ccc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
