@@ -58,15 +58,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError, OutputError
-from ..files import make_folder, output_error
-from ..heads.base import HeadCard, checkpoint_paths, save_head
+from ..heads.base import HeadCard, checkpoint_paths
 from ..heads.text import MAX_LOGIT_SCALE, PromptParts, TextHead, load_prompt_parts
 from ..labels import AU_LABELS, EXPR_LABELS
 from .bank import FeatureBank
 from .checkpoint import ResumeState, load_resume, remove_resume, resume_dir, save_resume
 from .datasets import BatchStream, frame_set
 from .evaluate import overall, pool, predict_people, score_with_thresholds
-from .loop import au_thresholds_from, check_train_output, lr_factor, split_holdout
+from .loop import au_thresholds_from, check_train_output, lr_factor, publish_head, split_holdout
 from .losses import au_loss, au_pos_weights, expr_class_weights
 
 log = logging.getLogger("affstream")
@@ -675,7 +674,6 @@ def _finish(
     first_epoch: int,
     stopped: int | None,
 ) -> dict[str, Any]:
-    from safetensors import SafetensorError
 
     cfg = run.cfg
     run.model.load_trainable_state(best_state)
@@ -703,13 +701,7 @@ def _finish(
         },
     }
     head.card = dataclasses.replace(head.card, config=config, metrics=metrics, au_thresholds=thresholds)
-    try:
-        make_folder(checkpoint_paths(out)[0].parent)
-        weights = save_head(head, out)
-    except OutputError as exc:
-        raise OutputError(f"{exc}; the fine-tuned head was not written") from None
-    except (OSError, SafetensorError) as exc:
-        raise OutputError(f"{output_error(checkpoint_paths(out)[0], exc)}; the fine-tuned head was not written") from None
+    weights = publish_head(head, out, "the fine-tuned head was not written")
     remove_resume(rdir)
     return {
         "out": str(weights),

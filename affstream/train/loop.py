@@ -758,7 +758,6 @@ def _training_record(run: _Run) -> dict[str, Any]:
 
 def _finish(run: _Run, out: Path, rdir: Path, best_state, best_epoch: int, best_metrics: dict[str, Any],
             history: list[dict[str, Any]], first_epoch: int, stopped: int | None = None) -> dict[str, Any]:
-    from safetensors import SafetensorError
 
     cfg, model = run.cfg, run.model
     model.load_state_dict(best_state)
@@ -776,13 +775,7 @@ def _finish(run: _Run, out: Path, rdir: Path, best_state, best_epoch: int, best_
             card_metrics["au_thresholds_tuned_on"] = where
     model.card = dataclasses.replace(model.card, config={**model.card.config, "training": _training_record(run)},
                                      metrics=card_metrics, au_thresholds=thresholds)
-    try:
-        make_folder(checkpoint_paths(out)[0].parent)
-        weights = save_head(model, out)
-    except OutputError as exc:
-        raise OutputError(f"{exc}; {_kept_after_training(rdir)}") from None
-    except (OSError, SafetensorError) as exc:
-        raise OutputError(f"{output_error(checkpoint_paths(out)[0], exc)}; {_kept_after_training(rdir)}") from None
+    weights = publish_head(model, out, _kept_after_training(rdir))
     remove_resume(rdir)
     return {
         "out": str(weights), "card": str(checkpoint_paths(out)[1]), "tasks": list(cfg.tasks), "head": cfg.head,
@@ -798,6 +791,21 @@ def _has_resume(rdir: Path) -> bool:
         return load_resume(rdir) is not None
     except DataError:
         return False
+
+
+def publish_head(model, out: str | Path, not_written: str) -> Path:
+    """Save a trained head as ``OUT.safetensors`` + ``OUT.json`` (its folder made if
+    needed); any failure is one OutputError naming the file, ending with ``not_written``
+    (what became of the training). Returns the weights' path."""
+    from safetensors import SafetensorError
+
+    try:
+        make_folder(checkpoint_paths(out)[0].parent)
+        return save_head(model, out)
+    except OutputError as exc:
+        raise OutputError(f"{exc}; {not_written}") from None
+    except (OSError, SafetensorError) as exc:
+        raise OutputError(f"{output_error(checkpoint_paths(out)[0], exc)}; {not_written}") from None
 
 
 def _kept_after_training(rdir: Path) -> str:
