@@ -1,4 +1,5 @@
-"""Command line for fine-tuning: ``affstream finetune text`` (the CLEF text-driven head).
+"""Command line for fine-tuning: ``affstream finetune text`` (the CLEF text-driven head)
+and ``affstream finetune image`` (the CLIP image encoder, written as a backbone).
 
 As the other training commands: nothing heavy is imported until the command runs,
 progress goes to stderr, a user error is one ``error: ...`` line with exit code 2, a
@@ -17,7 +18,7 @@ from . import _ui
 
 @click.group("finetune")
 def finetune_group() -> None:
-    """Fine-tune CLIP parts on a feature bank (text: the CLEF text-driven head)."""
+    """Fine-tune CLIP parts: text (a CLEF head, on a feature bank) or image (the image encoder, on face crops)."""
 
 
 @finetune_group.command("text")
@@ -171,4 +172,136 @@ def finetune_text_command(
     metric = f"{key}={summary['metrics'][key]:.4f}" if key in summary["metrics"] else "no validation"
     console.print(
         f"{summary['out']}: best epoch {summary['best_epoch']} of {summary['epochs']}, {metric}", soft_wrap=True, markup=False
+    )
+
+
+@finetune_group.command("image")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option(
+    "--backbone", required=True, help="CLIP backbone ARCH:TAG (or ARCH:/path/weights) whose image encoder is fine-tuned."
+)
+@click.option("--task", type=click.Choice(["expr"]), default="expr", show_default=True, help="Labels the encoder learns.")
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Backbone checkpoint stem: writes OUT.safetensors (open_clip weights) and OUT.json (its card); "
+    "use it as --backbone ARCH:OUT.safetensors.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Passes over the training crops.")
+@click.option(
+    "--min-steps", type=click.IntRange(min=0), default=200, show_default=True, help="Floor on the run's optimizer steps."
+)
+@click.option("--batch-size", type=click.IntRange(min=2), default=256, show_default=True, help="Crops per optimizer step.")
+@click.option(
+    "--micro-batch",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Crops per forward pass, gradients accumulated to --batch-size [the whole batch; halved automatically "
+    "when a GPU runs out of memory].",
+)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="AdamW learning rate of the encoder.")
+@click.option("--head-lr", type=float, default=1e-3, show_default=True, help="Learning rate of the new layers.")
+@click.option("--weight-decay", type=click.FloatRange(min=0.0), default=0.05, show_default=True)
+@click.option(
+    "--frame-step", type=click.IntRange(min=1), default=1, show_default=True, help="Use every k-th frame of each video."
+)
+@click.option(
+    "--val-frames",
+    type=click.IntRange(min=0),
+    default=20000,
+    show_default=True,
+    help="Validation crops scored per epoch, spread over Validation_Set (0: all).",
+)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on a CUDA GPU that supports it, else fp32.")
+@click.option("--grad-checkpointing/--no-grad-checkpointing", default=True, show_default=True,
+              help="Recompute the transformer blocks in the backward pass (less memory, ~30% more compute).")
+@click.option("--augment/--no-augment", default=True, show_default=True, help="Face augmentation of the training crops.")
+@click.option("--save-every", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Save the resume state every N steps (and after every epoch).")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Crop-loading processes [CPUs - 1, at most 8].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.resume/.")
+def finetune_image_command(root, backbone, task, out, epochs, min_steps, batch_size, micro_batch, lr, head_lr,
+                           weight_decay, frame_step, val_frames, precision, grad_checkpointing, augment, save_every,
+                           workers, seed, device, resume) -> None:
+    """Fine-tune a CLIP image encoder on the EXPR labels of the face crops of an
+    Aff-Wild2-format ROOT (cropped_aligned/); keeps the epoch with the best
+    Validation_Set F1 and writes it as a backbone checkpoint."""
+    from ..errors import AffstreamError, OutputError
+
+    console = _ui.stderr_console()
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..train.encoder import finetune_image
+        from ..train.loop import check_train_output
+
+        check_train_output(out)
+    except AffstreamError as exc:
+        _ui.fail(str(exc))
+    except KeyboardInterrupt:
+        _ui.interrupted(console, "nothing was written")
+    columns = (
+        TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps  loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+    )
+    started = []
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task_id = bar.add_task("finetune", total=None, epoch=0, epochs=0, loss="-")
+
+            def progress(event: dict) -> None:
+                if event["event"] == "start":
+                    bar.update(task_id, epochs=event["epochs"], epoch=event["first_epoch"])
+                    bar.console.print(
+                        f"{event['train_crops']} training crops, {event['val_crops']} validation crops, "
+                        f"{event['total_steps']} steps",
+                        soft_wrap=True,
+                        markup=False,
+                    )
+                elif event["event"] == "step":
+                    started.append(True)
+                    loss = "-" if event["loss"] is None else f"{event['loss']:.4f}"
+                    bar.update(task_id, epoch=event["epoch"], completed=event["step"], total=event["steps"], loss=loss)
+                elif event["event"] == "epoch":
+                    f1 = event["metrics"].get("expr_f1")
+                    metric = f"expr_f1={f1:.4f}" if f1 is not None else "no validation"
+                    star = " *" if event["best_epoch"] == event["epoch"] else ""
+                    loss = "-" if event["train_loss"] is None else f"{event['train_loss']:.4f}"
+                    bar.console.print(f"epoch {event['epoch']}/{event['epochs']}: loss {loss}  {metric}{star}",
+                                      soft_wrap=True, markup=False)
+
+            summary = finetune_image(
+                root, backbone=backbone, out=out, task=task, epochs=epochs, min_steps=min_steps, batch_size=batch_size,
+                micro_batch=micro_batch, lr=lr, head_lr=head_lr, weight_decay=weight_decay, frame_step=frame_step,
+                val_frames=val_frames or None, precision=precision, grad_checkpointing=grad_checkpointing,
+                augment=augment, save_every=save_every, seed=seed, device=device, workers=workers, resume=resume,
+                progress=progress,
+            )
+    except OutputError as exc:
+        _ui.fail(str(exc), _ui.EXIT_INPUT_FAILED)
+    except AffstreamError as exc:
+        _ui.fail(str(exc))
+    except KeyboardInterrupt:
+        _ui.interrupted(
+            console,
+            "the last saved state is kept; add --resume to continue" if started or resume
+            else "stopped before the first step; nothing was written",
+        )
+    f1 = summary["metrics"].get("expr_f1")
+    metric = f"expr_f1={f1:.4f}" if f1 is not None else "no validation"
+    arch = summary["arch"]
+    console.print(
+        f"{summary['out']}: best epoch {summary['best_epoch']} of {summary['epochs']}, {metric}; "
+        f"use it as --backbone {arch}:{summary['out']}",
+        soft_wrap=True,
+        markup=False,
     )

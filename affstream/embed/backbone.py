@@ -170,6 +170,8 @@ class Backbone:
         feature_dim:  D, width of the projected (joint image/text) embedding.
         meaningful:   False for random weights.
         sha256:       hex digest of the local weights file when known, else None.
+        card:         the backbone card of a checkpoint written by ``affstream finetune
+                      image`` (:mod:`affstream.embed.card`), else None.
         precision:    "fp32", "bf16" or "fp16": the compute dtype used by ``encode_*``.
         batch_size:   images per forward pass inside ``encode_images``.
     """
@@ -183,6 +185,7 @@ class Backbone:
         batch_size: int,
         precision: str,
         sha256: str | None,
+        card: dict[str, Any] | None = None,
     ) -> None:
         import open_clip
 
@@ -192,7 +195,8 @@ class Backbone:
         self.batch_size = batch_size
         self.precision = precision
         self.sha256 = sha256
-        self.meaningful = spec.kind != "random"
+        self.card = card
+        self.meaningful = spec.kind != "random" and (card is None or bool(card["meaningful"]))
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = model.visual.image_size
         size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
@@ -279,6 +283,7 @@ class Backbone:
             "image_size": self.image_size,
             "sha256": self.sha256,
             "meaningful": self.meaningful,
+            **({"fine_tuned_from": self.card["base"]} if self.card else {}),
         }
 
 
@@ -304,17 +309,18 @@ def load_backbone(
     if int(batch_size) <= 0:
         raise ConfigError(f"embed batch_size must be positive, got {batch_size}")
     resolved = _resolve_precision(precision, torch_device)
+    card = None
     if parsed.kind == "random":
         model, sha = _create_random(parsed), None
     elif parsed.kind == "file":
-        model, sha = _create_from_file(parsed)
+        model, sha, card = _create_from_file(parsed)
     else:
         model, sha = _create_pretrained(parsed)
     model = model.to(torch_device).eval()
     for param in model.parameters():
         param.requires_grad_(False)
     backbone = Backbone(
-        parsed, model, torch_device, batch_size=int(batch_size), precision=resolved, sha256=sha
+        parsed, model, torch_device, batch_size=int(batch_size), precision=resolved, sha256=sha, card=card
     )
     log.info("loaded backbone %r", backbone)
     return backbone
@@ -349,8 +355,12 @@ def _create_random(spec: BackboneSpec) -> torch.nn.Module:
             return open_clip.create_model(spec.arch, pretrained=None, device="cpu")
 
 
-def _create_from_file(spec: BackboneSpec) -> tuple[torch.nn.Module, str]:
+def _create_from_file(spec: BackboneSpec) -> tuple[torch.nn.Module, str, dict[str, Any] | None]:
+    """The model from a local weights file, its sha256, and its backbone card (a
+    checkpoint of ``affstream finetune image``; None for other weights)."""
     import open_clip
+
+    from .card import check_card_arch, read_backbone_card
 
     path = Path(spec.source).expanduser()
     if not path.is_file():
@@ -358,6 +368,9 @@ def _create_from_file(spec: BackboneSpec) -> tuple[torch.nn.Module, str]:
             f"backbone weights '{spec.source}' not found; pass --backbone {spec.arch}:/path/to/"
             "open_clip_weights (.safetensors, .bin, .pt or .pth)"
         )
+    card = read_backbone_card(path) if path.suffix == ".safetensors" else None
+    if card is not None:
+        check_card_arch(card, spec.arch, path)
     try:
         with open_clip_logs():
             model = open_clip.create_model(spec.arch, pretrained=str(path), device="cpu")
@@ -366,7 +379,7 @@ def _create_from_file(spec: BackboneSpec) -> tuple[torch.nn.Module, str]:
             f"{path}: cannot load as open_clip weights for {spec.arch} ({first_line(exc)}); "
             "check that the file matches the architecture"
         ) from None
-    return model, sha256_file_cached(path)
+    return model, sha256_file_cached(path), card
 
 
 def _create_pretrained(spec: BackboneSpec) -> tuple[torch.nn.Module, str | None]:

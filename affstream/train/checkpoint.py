@@ -2,7 +2,7 @@
 
 Written after every epoch to ``OUT.resume/`` beside the head ``OUT``:
 
-- ``epoch-NNNN.safetensors``: every tensor -- ``model/<key>`` (current weights),
+- ``epoch-NNNN-step-SSSSSSSSS.safetensors``: every tensor -- ``model/<key>`` (current weights),
   ``best/<key>`` (weights of the best epoch so far), ``optim/<i>/<name>`` (optimizer
   state of parameter i), ``rng/torch`` (and ``rng/cuda/<k>``) generator states;
 - ``state.json``: everything else -- format/version, finished epochs, optimizer steps
@@ -107,7 +107,8 @@ def save_resume(path: Path, state: ResumeState) -> None:
     tensors.update({k: _host(v).clone() for k, v in optim_tensors.items()})
     tensors["rng/torch"] = _host(state.rng_torch)
     tensors.update({f"rng/cuda/{i}": _host(r) for i, r in enumerate(state.rng_cuda)})
-    name = f"epoch-{state.epoch:04d}.safetensors"
+    # the step in the name: a save within an epoch never replaces the file state.json names
+    name = f"epoch-{state.epoch:04d}-step-{state.step:09d}.safetensors"
     try:
         with atomic_path(path / name) as tmp:
             save_file(tensors, str(tmp))
