@@ -18,7 +18,8 @@ from . import _ui
 
 @click.group("finetune")
 def finetune_group() -> None:
-    """Fine-tune CLIP parts: text (a CLEF head, on a feature bank) or image (the image encoder, on face crops)."""
+    """Fine-tune CLIP parts: text (a CLEF head, on a feature bank), image (the image encoder, on face crops),
+    pretrain (both towers, contrastively on grouped face crops)."""
 
 
 @finetune_group.command("text")
@@ -305,3 +306,99 @@ def finetune_image_command(root, backbone, task, out, epochs, min_steps, batch_s
         soft_wrap=True,
         markup=False,
     )
+
+
+@finetune_group.command("pretrain")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option(
+    "--groups",
+    "groups",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Group manifest CSV: crop,group,text or person,frame,group,text (one line per face crop).",
+)
+@click.option("--backbone", required=True, help="CLIP backbone ARCH:TAG (or ARCH:/path/weights) whose two towers are trained.")
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Backbone checkpoint stem: writes OUT.safetensors and OUT.json; use it as --backbone ARCH:OUT.safetensors.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--min-steps", type=click.IntRange(min=0), default=200, show_default=True, help="Floor on the run's optimizer steps."
+)
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True,
+              help="Crops per step (two augmented views each).")
+@click.option("--lr", type=float, default=1e-5, show_default=True, help="AdamW learning rate of both towers.")
+@click.option("--weight-decay", type=click.FloatRange(min=0.0), default=0.05, show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option("--grad-checkpointing/--no-grad-checkpointing", default=True, show_default=True)
+@click.option("--save-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Crop-loading processes [CPUs - 1, at most 8].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.resume/.")
+def finetune_pretrain_command(root, groups, backbone, out, epochs, min_steps, batch_size, lr, weight_decay, precision,
+                              grad_checkpointing, save_every, workers, seed, device, resume) -> None:
+    """CLEF's optional first stage: weakly supervised contrastive pre-training of both CLIP
+    towers on face crops grouped by a coarse condition with one text per group."""
+    from ..errors import AffstreamError, OutputError
+
+    console = _ui.stderr_console()
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..train.loop import check_train_output
+        from ..train.pretrain import pretrain_groups
+
+        check_train_output(out)
+    except AffstreamError as exc:
+        _ui.fail(str(exc))
+    except KeyboardInterrupt:
+        _ui.interrupted(console, "nothing was written")
+    columns = (
+        TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps  loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+    )
+    started = []
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task_id = bar.add_task("pretrain", total=None, epoch=0, epochs=0, loss="-")
+
+            def progress(event: dict) -> None:
+                if event["event"] == "start":
+                    bar.update(task_id, epochs=event["epochs"], epoch=event["first_epoch"])
+                    bar.console.print(f"{event['crops']} crops in {event['groups']} groups, {event['total_steps']} steps",
+                                      soft_wrap=True, markup=False)
+                elif event["event"] == "step":
+                    started.append(True)
+                    loss = "-" if event["loss"] is None else f"{event['loss']:.4f}"
+                    bar.update(task_id, epoch=event["epoch"], completed=event["step"], total=event["steps"], loss=loss)
+                elif event["event"] == "epoch":
+                    loss = "-" if event["train_loss"] is None else f"{event['train_loss']:.4f}"
+                    bar.console.print(f"epoch {event['epoch']}/{event['epochs']}: loss {loss}", soft_wrap=True, markup=False)
+
+            summary = pretrain_groups(
+                root, groups=groups, backbone=backbone, out=out, epochs=epochs, min_steps=min_steps,
+                batch_size=batch_size, lr=lr, weight_decay=weight_decay, precision=precision,
+                grad_checkpointing=grad_checkpointing, save_every=save_every, seed=seed, device=device, workers=workers,
+                resume=resume, progress=progress,
+            )
+    except OutputError as exc:
+        _ui.fail(str(exc), _ui.EXIT_INPUT_FAILED)
+    except AffstreamError as exc:
+        _ui.fail(str(exc))
+    except KeyboardInterrupt:
+        _ui.interrupted(
+            console,
+            "the last saved state is kept; add --resume to continue" if started or resume
+            else "stopped before the first step; nothing was written",
+        )
+    console.print(f"{summary['out']}: {summary['total_steps']} steps; use it as --backbone {summary['arch']}:{summary['out']}",
+                  soft_wrap=True, markup=False)

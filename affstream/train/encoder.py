@@ -232,19 +232,26 @@ def sample_order(n: int, seed: int, start: int, count: int) -> np.ndarray:
     return out
 
 
-def _loader(run: _ImageRun, dataset: CropDataset, order: np.ndarray, seed: int) -> torch.utils.data.DataLoader:
+def crop_loader(dataset: CropDataset, order: np.ndarray, batch_size: int, workers: int, device: torch.device,
+                seed: int) -> torch.utils.data.DataLoader:
+    """Batches of (uint8 crops, labels, dropped) of ``dataset`` in ``order``, loaded by
+    ``workers`` processes (0: in this one)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=run.cfg.batch_size,
+        batch_size=batch_size,
         sampler=order.tolist(),
-        num_workers=run.workers,
+        num_workers=workers,
         collate_fn=collate_usable,
-        pin_memory=run.device.type == "cuda",
+        pin_memory=device.type == "cuda",
         generator=generator,
         worker_init_fn=_seed_worker,
         persistent_workers=False,
     )
+
+
+def _loader(run: _ImageRun, dataset: CropDataset, order: np.ndarray, seed: int) -> torch.utils.data.DataLoader:
+    return crop_loader(dataset, order, run.cfg.batch_size, run.workers, run.device, seed)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -253,12 +260,17 @@ def _seed_worker(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def _autocast(run: _ImageRun):
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast on ``device`` for precision "bf16", else a no-op context."""
     import contextlib
 
-    if run.precision == "bf16":
-        return torch.autocast(device_type=run.device.type, dtype=torch.bfloat16)
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _autocast(run: _ImageRun):
+    return autocast(run.precision, run.device)
 
 
 def chunks(n: int, size: int) -> list[tuple[int, int]]:
