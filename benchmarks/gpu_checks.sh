@@ -15,3 +15,6 @@ for bb in affstream-tiny:random ViT-B-32:random ViT-L-14:random; do
 done
 python3 benchmarks/bench_annotate.py --device cuda --pipeline smoke --backbone ViT-L-14:random --batch-size 512 2>&1 | tee -a "$out/bench_annotate_cuda.md"
 python3 benchmarks/bench_train_step.py --device cuda --steps 200 2>&1 | tee "$out/bench_train_step_cuda.md"
+# image-encoder fine-tuning: ViT-L/14 at batch 256, checkpointing off/on, fp32/bf16 (issue 8)
+python3 benchmarks/bench_finetune_image.py --device cuda --backbone ViT-L-14:random --batch 256 --steps 5 \
+  --json "$out/bench_finetune_image_cuda.json" 2>&1 | tee "$out/bench_finetune_image_cuda.md"

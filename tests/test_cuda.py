@@ -95,3 +95,20 @@ def test_training_step_on_cuda(tmp_path):
         train_head(bank, task="all", head=head, out=out, epochs=2, device="cuda", **kwargs)
         metrics = evaluate_head(bank, out, device="cuda")
         assert {"expr_f1", "au_f1", "va_ccc"} <= set(metrics)
+
+
+def test_finetune_image_on_cuda_uses_bf16_and_loads_back(tmp_path):
+    """The image-encoder fine-tuning runs on the GPU with bf16 autocast and gradient
+    checkpointing, and the written backbone loads and embeds on the GPU."""
+    from synth_faces import make_face_root
+
+    from affstream.embed.backbone import load_backbone
+    from affstream.train.encoder import finetune_image
+
+    root = make_face_root(tmp_path / "root", n_train=2, n_val=1, frames=60)
+    summary = finetune_image(root, backbone="affstream-tiny:random", out=tmp_path / "bb", epochs=1, min_steps=4,
+                             batch_size=32, micro_batch=8, device="cuda", workers=0)
+    assert summary["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    assert summary["micro_batch"] == 8 and summary["metrics"]["frames"] > 0
+    backbone = load_backbone(f"affstream-tiny:{tmp_path / 'bb'}.safetensors", "cuda")
+    assert backbone.encode_images(torch.rand(2, 3, 64, 64, device="cuda")).shape == (2, 64)
