@@ -241,3 +241,19 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, face_root):
                    "--precision", "bf16")
     assert bf16.exit_code == 2 and "bf16" in _error_line(bf16)
     assert not list(tmp_path.glob("o*"))
+
+
+def test_stream_and_corpus_accept_the_fine_tuned_backbone(tuned, tmp_path, single_face_mp4):
+    spec = f"affstream-tiny:{tuned}.safetensors"
+    streamed = _invoke("stream", single_face_mp4, "-o", tmp_path / "live", "--pipeline", "smoke", "--backbone", spec,
+                       "--max-frames", "20", "--quiet", "--device", "cpu")
+    assert streamed.exit_code == 0, streamed.output
+    report = json.loads(next((tmp_path / "live").glob("*.json")).read_text())
+    assert "fine_tuned_from" in json.dumps(report)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(single_face_mp4.read_bytes())
+    corpus = _invoke("corpus", videos, "-o", tmp_path / "corpus", "--pipeline", "smoke", "--backbone", spec, "--device",
+                     "cpu")
+    assert corpus.exit_code == 0, corpus.output
+    assert "fine_tuned_from" in (tmp_path / "corpus" / "a.json").read_text()
