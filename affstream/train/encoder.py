@@ -367,6 +367,9 @@ def _setup(root: Path, cfg: ImageTuneConfig, backbone_spec: str, device: str, wo
     dev = resolve_device(device)
     precision = resolve_precision(cfg.precision, dev)
     backbone = load_backbone(backbone_spec, dev, precision="fp32")
+    if not backbone.meaningful:
+        log.warning("%s has random (or meaningless) weights: the fine-tuned backbone is for tests only, its card says so",
+                    backbone.spec)
     torch.manual_seed(cfg.seed)
     clip = backbone.model
     for param in clip.visual.parameters():

@@ -277,6 +277,9 @@ def _setup(root: Path, manifest: Path, cfg: PretrainConfig, spec: str, device: s
     dev = resolve_device(device)
     precision = resolve_precision(cfg.precision, dev)
     backbone = load_backbone(spec, dev, precision="fp32")
+    if not backbone.meaningful:
+        log.warning("%s has random (or meaningless) weights: the pre-trained backbone is for tests only, its card says so",
+                    backbone.spec)
     clip = backbone.model
     for param in clip.parameters():
         param.requires_grad_(True)
