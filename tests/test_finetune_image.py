@@ -257,3 +257,28 @@ def test_stream_and_corpus_accept_the_fine_tuned_backbone(tuned, tmp_path, singl
                      "cpu")
     assert corpus.exit_code == 0, corpus.output
     assert "fine_tuned_from" in (tmp_path / "corpus" / "a.json").read_text()
+
+
+def test_finetune_from_videos_extracts_crops_once_and_trains_on_them(tmp_path):
+    from synth_affwild import make_affwild_root
+
+    root = make_affwild_root(tmp_path / "root", n_people=3, frames=30, with_crops=False, with_videos=True)
+    out = tmp_path / "bb"
+    args = ("finetune", "image", root, "--source", "videos", "--backbone", TINY, "-o", out, "--epochs", "1",
+            "--min-steps", "3", "--batch-size", "16", "--workers", "0", "--device", "cpu")
+    result = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    crops = tmp_path / "bb.crops" / "cropped_aligned"
+    people = sorted(p.name for p in crops.iterdir())
+    assert people == ["vid01", "vid02_left", "vid02_right"]
+    first = {p: p.stat().st_mtime_ns for p in crops.rglob("*.jpg")}
+    assert len(first) > 40
+    card = read_backbone_card(f"{out}.safetensors")
+    assert card["data"]["source"] == "videos" and card["data"]["crops_dir"] == str(tmp_path / "bb.crops")
+    assert card["data"]["train_people"] + card["data"]["val_people"] == 3
+    (tmp_path / "bb.safetensors").unlink()
+    (tmp_path / "bb.json").unlink()
+    again = _invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert {p: p.stat().st_mtime_ns for p in crops.rglob("*.jpg")} == first  # reused, not extracted again
+    assert not list(root.rglob("cropped_aligned"))  # never written into the dataset root

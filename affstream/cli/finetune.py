@@ -191,6 +191,26 @@ def finetune_text_command(
     help="Backbone checkpoint stem: writes OUT.safetensors (open_clip weights) and OUT.json (its card); "
     "use it as --backbone ARCH:OUT.safetensors.",
 )
+@click.option(
+    "--source",
+    type=click.Choice(["crops", "videos"]),
+    default="crops",
+    show_default=True,
+    help="Organizers' face crops (cropped_aligned/) or raw videos (videos/) whose faces affstream's pipeline "
+    "detects, tracks and aligns first.",
+)
+@click.option(
+    "--crops-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --source videos: where the extracted crops go and are reused [OUT.crops/].",
+)
+@click.option(
+    "--pipeline",
+    default="default",
+    show_default=True,
+    help="With --source videos: preset or TOML file whose detect/track/align settings are used.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True, help="Passes over the training crops.")
 @click.option(
     "--min-steps", type=click.IntRange(min=0), default=200, show_default=True, help="Floor on the run's optimizer steps."
@@ -227,12 +247,12 @@ def finetune_text_command(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.resume/.")
-def finetune_image_command(root, backbone, task, out, epochs, min_steps, batch_size, micro_batch, lr, head_lr,
-                           weight_decay, frame_step, val_frames, precision, grad_checkpointing, augment, save_every,
-                           workers, seed, device, resume) -> None:
+def finetune_image_command(root, backbone, task, out, source, crops_dir, pipeline, epochs, min_steps, batch_size,
+                           micro_batch, lr, head_lr, weight_decay, frame_step, val_frames, precision,
+                           grad_checkpointing, augment, save_every, workers, seed, device, resume) -> None:
     """Fine-tune a CLIP image encoder on the EXPR labels of the face crops of an
-    Aff-Wild2-format ROOT (cropped_aligned/); keeps the epoch with the best
-    Validation_Set F1 and writes it as a backbone checkpoint."""
+    Aff-Wild2-format ROOT (cropped_aligned/, or faces found in videos/); keeps the epoch
+    with the best Validation_Set F1 and writes it as a backbone checkpoint."""
     from ..errors import AffstreamError, OutputError
 
     console = _ui.stderr_console()
@@ -268,6 +288,8 @@ def finetune_image_command(root, backbone, task, out, epochs, min_steps, batch_s
                         soft_wrap=True,
                         markup=False,
                     )
+                elif event["event"] == "extract":
+                    bar.update(task_id, completed=event["done"], total=event["total"], loss="(extracting crops)")
                 elif event["event"] == "step":
                     started.append(True)
                     loss = "-" if event["loss"] is None else f"{event['loss']:.4f}"
@@ -284,8 +306,8 @@ def finetune_image_command(root, backbone, task, out, epochs, min_steps, batch_s
                 root, backbone=backbone, out=out, task=task, epochs=epochs, min_steps=min_steps, batch_size=batch_size,
                 micro_batch=micro_batch, lr=lr, head_lr=head_lr, weight_decay=weight_decay, frame_step=frame_step,
                 val_frames=val_frames or None, precision=precision, grad_checkpointing=grad_checkpointing,
-                augment=augment, save_every=save_every, seed=seed, device=device, workers=workers, resume=resume,
-                progress=progress,
+                augment=augment, save_every=save_every, seed=seed, source=source, crops_dir=crops_dir,
+                pipeline=pipeline, device=device, workers=workers, resume=resume, progress=progress,
             )
     except OutputError as exc:
         _ui.fail(str(exc), _ui.EXIT_INPUT_FAILED)

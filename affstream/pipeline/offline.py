@@ -10,9 +10,13 @@ One file (:class:`AnnotationRun`):
       -> predictor (per-frame head, or windows per track) -> rows in frame order
 
 Decoded images are dropped as soon as their crops are taken, so memory does not grow
-with video length. Many files (:func:`annotate_inputs`): outputs are checked before any
-model loads, missing inputs fail on their own, a failing input is reported and the
-others go on; the result is one :class:`~affstream.records.InputResult` per input.
+with video length. Without a head, :func:`iter_face_features` (per-frame features) and
+:func:`iter_face_crops` (per-frame aligned crops as uint8 images, no backbone call)
+share the same batching, detection, tracking and alignment.
+
+Many files (:func:`annotate_inputs`): outputs are checked before any model loads,
+missing inputs fail on their own, a failing input is reported and the others go on;
+the result is one :class:`~affstream.records.InputResult` per input.
 """
 
 from __future__ import annotations
@@ -88,19 +92,28 @@ def _batches(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
         yield batch
 
 
-def iter_face_chunks(steps: FaceSteps, frames: Iterable[Frame], schedule: ScheduleConfig) -> Iterator[FaceChunk]:
-    """FaceChunks covering every frame of ``frames`` exactly once, in order, batched as
-    the offline schedule says. A fresh tracker is used: track ids start at 0."""
+def _aligned_batches(steps: FaceSteps, frames: Iterable[Frame],
+                     schedule: ScheduleConfig) -> Iterator[tuple[list[FrameFaces], torch.Tensor]]:
+    """Per batch of the offline schedule: its frames' tracked faces and their aligned
+    crops (the output of :meth:`FaceSteps.align`). A fresh tracker is used: track ids
+    start at 0. The decoded images are dropped before each batch is handed on."""
     tracker = steps.new_tracker()
     detect_schedule = DetectSchedule(schedule.detect_every) if schedule.detect_every > 1 else None
-    pool = _CropPool()
-    batch_faces = max(1, steps.stages.config.embed.batch_size)
     for batch in _batches(frames, schedule.detect_batch(steps.device.type)):
         pixels = steps.upload(batch)  # one upload serves detection and alignment
         tracked = steps.find_faces(batch, pixels, tracker, detect_schedule)
         crops = steps.align(pixels, tracked)
         del batch, pixels  # the decoded images are no longer needed
         release_free_memory()
+        yield tracked, crops
+
+
+def iter_face_chunks(steps: FaceSteps, frames: Iterable[Frame], schedule: ScheduleConfig) -> Iterator[FaceChunk]:
+    """FaceChunks covering every frame of ``frames`` exactly once, in order, batched as
+    the offline schedule says. A fresh tracker is used: track ids start at 0."""
+    pool = _CropPool()
+    batch_faces = max(1, steps.stages.config.embed.batch_size)
+    for tracked, crops in _aligned_batches(steps, frames, schedule):
         pool.add(tracked, crops)
         # faceless stretches must not wait for a full backbone batch: rows flow and
         # memory stays bounded whatever the video holds
@@ -351,6 +364,41 @@ def iter_face_features(video: str | Path, stages: Stages, *,
     try:
         for chunk in iter_face_chunks(FaceSteps(stages), frames, config.schedule):
             yield from zip(chunk.frames, chunk.per_frame_features(), strict=True)
+    finally:
+        frames.close()  # stops and joins the decode thread first
+        source.close()
+
+
+def _to_uint8(crops: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(N, 3, S, S) crops normalised with ``mean``/``std`` -> (N, S, S, 3) uint8 RGB on the CPU."""
+    shape = (1, 3, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=crops.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=crops.device).view(shape)
+    pixels = (crops.float() * std_t + mean_t).mul_(255.0).round_().clamp_(0, 255)
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def iter_face_crops(video: str | Path, stages: Stages, *,
+                    stats: DecodeStats | None = None) -> Iterator[tuple[FrameFaces, np.ndarray]]:
+    """Per decoded frame (in order): its tracked faces and their aligned crops,
+    (n_faces, S, S, 3) uint8 RGB with S = ``stages.backbone.image_size`` (the crops the
+    backbone would embed, de-normalised; faces in the order of ``FrameFaces.faces``).
+    Detection, tracking and alignment are those of :func:`iter_face_features`; the
+    backbone is not run. ``stages`` may have been loaded without a head."""
+    config = stages.config
+    backbone = stages.backbone
+    source = open_source(video, threads=config.decode.threads,
+                         video_stream=config.decode.video_stream, stats=stats)
+    frames = _prefetched(source, config)
+    try:
+        for tracked, crops in _aligned_batches(FaceSteps(stages), frames, config.schedule):
+            images = _to_uint8(crops, backbone.mean, backbone.std)
+            del crops
+            start = 0
+            for frame_faces in tracked:
+                end = start + len(frame_faces.faces)
+                yield frame_faces, images[start:end]
+                start = end
     finally:
         frames.close()  # stops and joins the decode thread first
         source.close()

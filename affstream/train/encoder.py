@@ -111,6 +111,7 @@ class ImageTuneConfig:
     class_weights: bool = True
     save_every: int = 500
     seed: int = 0
+    source: str = "crops"
 
     RESUME_FREE = ("micro_batch", "save_every")
     """Options that may differ on resume: they change memory use or checkpoint cadence,
@@ -139,6 +140,8 @@ class ImageTuneConfig:
             problems.append(f"precision '{self.precision}' must be one of {', '.join(PRECISIONS)}")
         if self.save_every < 1:
             problems.append(f"save-every {self.save_every} must be >= 1")
+        if self.source not in ("crops", "videos"):
+            problems.append(f"source '{self.source}' must be crops or videos")
         if problems:
             raise ConfigError("image fine-tuning options: " + "; ".join(problems))
 
@@ -197,6 +200,8 @@ class _ImageRun:
     micro: int
     augment: FaceAugment
     dropped: int = 0
+    extraction: dict[str, Any] | None = None
+    crops_dir: Path | None = None
 
     @property
     def total_steps(self) -> int:
@@ -353,13 +358,41 @@ def evaluate_classifier(run: _ImageRun) -> dict[str, Any]:
     return {"expr_f1": expr_macro_f1(y, p), "accuracy": float((y == p).mean()), "frames": len(y)}
 
 
-def _setup(root: Path, cfg: ImageTuneConfig, backbone_spec: str, device: str, workers: int | None) -> _ImageRun:
+def default_crops_dir(out: str | Path) -> Path:
+    """``OUT.crops`` beside the checkpoint ``OUT``: where ``source="videos"`` puts the crops."""
+    from ..embed.card import backbone_paths
+
+    stem = backbone_paths(out)[0].with_suffix("")
+    return stem.with_name(stem.name + ".crops")
+
+
+def _extract(root: Path, crops_dir: Path, cfg: ImageTuneConfig, backbone_spec: str, device: str,
+             pipeline: Any, progress: Progress | None) -> dict[str, Any]:
+    """Crops of every annotated person's video into ``crops_dir`` (resumable), through
+    affstream's own detect/track/align steps."""
+    from .video_crops import extract_crops
+
+    def tick(name: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress({"event": "extract", "video": name, "done": done, "total": total})
+
+    summary = extract_crops(root, crops_dir, task=cfg.task, pipeline=pipeline, backbone=backbone_spec, device=device,
+                            progress=tick)
+    for name, message in sorted(summary["failed"].items()):
+        log.warning("%s: no crops (%s)", name, message)
+    log.info("%s: crops of %d people written, %d already there, %d failed", crops_dir, summary["people"],
+             summary["skipped_existing"], len(summary["failed"]))
+    return summary
+
+
+def _setup(root: Path, cfg: ImageTuneConfig, backbone_spec: str, device: str, workers: int | None,
+           crops_dir: Path | None = None, extraction: dict[str, Any] | None = None) -> _ImageRun:
     from ..embed.backbone import load_backbone
     from ..runtime import resolve_device
 
-    train = index_crops(root, "Train_Set", cfg.task, frame_step=cfg.frame_step)
+    train = index_crops(root, "Train_Set", cfg.task, frame_step=cfg.frame_step, crops_root=crops_dir)
     try:
-        val_all = index_crops(root, "Validation_Set", cfg.task)
+        val_all = index_crops(root, "Validation_Set", cfg.task, crops_root=crops_dir)
         val = val_all.subset(spread(len(val_all), cfg.val_frames))
     except DataError as exc:
         log.warning("%s; keeping the last epoch without validation", exc)
@@ -398,7 +431,8 @@ def _setup(root: Path, cfg: ImageTuneConfig, backbone_spec: str, device: str, wo
     n_workers = default_workers() if workers is None else int(workers)
     micro = max(2, min(cfg.micro_batch or cfg.batch_size, cfg.batch_size))
     augment = FaceAugment(backbone.image_size, backbone.mean, backbone.std)
-    return _ImageRun(cfg, root, backbone, model, train, val, dev, precision, optimizer, steps, weight, n_workers, micro, augment)
+    return _ImageRun(cfg, root, backbone, model, train, val, dev, precision, optimizer, steps, weight, n_workers, micro,
+                     augment, extraction=extraction, crops_dir=crops_dir)
 
 
 def _state(model: EncoderClassifier) -> dict[str, torch.Tensor]:
@@ -425,12 +459,20 @@ def finetune_image(
     augment: bool = True,
     save_every: int = 500,
     seed: int = 0,
+    source: str = "crops",
+    crops_dir: str | Path | None = None,
+    pipeline: Any = "default",
     device: str = "auto",
     workers: int | None = None,
     resume: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``backbone``'s image encoder on the EXPR crops of ``root``'s Train_Set.
+
+    source: "crops" (``ROOT/cropped_aligned``) or "videos": first extract the annotated
+    people's aligned crops from ``ROOT/videos`` with ``pipeline``'s detect/track/align
+    settings into ``crops_dir`` (default OUT.crops/, kept and reused by later runs;
+    :mod:`affstream.train.video_crops`), then train on them.
 
     out: checkpoint stem; writes OUT.safetensors (the whole open_clip model) + OUT.json
     (the backbone card) with the best epoch's weights, and OUT.resume/ while running
@@ -443,6 +485,7 @@ def finetune_image(
         task=task, epochs=epochs, min_steps=min_steps, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
         head_lr=head_lr, weight_decay=weight_decay, frame_step=frame_step, val_frames=val_frames,
         precision=precision, grad_checkpointing=grad_checkpointing, augment=augment, save_every=save_every, seed=seed,
+        source=source,
     )
     cfg.check()
     out = Path(out)
@@ -453,7 +496,11 @@ def finetune_image(
         raise ConfigError(
             f"{rdir}: a resume state of an unfinished run exists; pass --resume to continue it or delete the folder to start over"
         )
-    run = _setup(Path(root), cfg, backbone, device, workers)
+    extraction, crops_root = None, None
+    if cfg.source == "videos":
+        crops_root = Path(crops_dir) if crops_dir is not None else default_crops_dir(out)
+        extraction = _extract(Path(root), crops_root, cfg, backbone, device, pipeline, progress)
+    run = _setup(Path(root), cfg, backbone, device, workers, crops_root, extraction)
     step, best_state, best_epoch, best_score, best_metrics, history = 0, None, 0, None, {}, []
     if saved is not None:
         wanted = {k: v for k, v in cfg.to_dict().items() if k not in ImageTuneConfig.RESUME_FREE}
@@ -562,6 +609,8 @@ def _finish(run: _ImageRun, out: Path, rdir: Path, backbone_spec: str, best_stat
             "val_crops": len(run.val) if run.val is not None else 0,
             "people_without_crops": list(run.train.skipped),
             "unreadable_crops_dropped": run.dropped,
+            "source": cfg.source,
+            **({"crops_dir": str(run.crops_dir), "extraction": run.extraction} if run.extraction else {}),
         },
         "metrics": {**copy.deepcopy(best_metrics), "epoch": best_epoch, "split": "Validation_Set"} if best_metrics else {},
         "history": history,

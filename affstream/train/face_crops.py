@@ -82,8 +82,11 @@ class CropIndex:
         )
 
 
-def index_crops(root: str | Path, split: str, task: str = "expr", *, frame_step: int = 1) -> CropIndex:
-    """Every labelled crop of ``split`` (``Train_Set`` or ``Validation_Set``).
+def index_crops(root: str | Path, split: str, task: str = "expr", *, frame_step: int = 1,
+                crops_root: str | Path | None = None) -> CropIndex:
+    """Every labelled crop of ``split`` (``Train_Set`` or ``Validation_Set``): labels
+    from ``root``'s annotations, crops from ``crops_root/cropped_aligned`` (default:
+    ``root``; e.g. the folder :func:`affstream.train.video_crops.extract_crops` wrote).
 
     Raises DataError when the root has no annotations for ``task`` or no crops at all
     (naming what to check); ConfigError for an unknown task or split.
@@ -91,6 +94,7 @@ def index_crops(root: str | Path, split: str, task: str = "expr", *, frame_step:
     if task != "expr":
         raise DataError(f"image-encoder fine-tuning learns expressions only (task expr), not '{task}'")
     root = Path(root)
+    crops_root = Path(crops_root) if crops_root is not None else root
     people = scan_affwild(root, (split,), (task,))
     paths: list[Path] = []
     labels: list[int] = []
@@ -101,7 +105,7 @@ def index_crops(root: str | Path, split: str, task: str = "expr", *, frame_step:
         expr = record.expr
         if expr is None:
             continue
-        crop_dir = find_crop_dir(root, record)
+        crop_dir = find_crop_dir(crops_root, record)
         if crop_dir is None:
             skipped.append(name)
             continue
@@ -117,11 +121,11 @@ def index_crops(root: str | Path, split: str, task: str = "expr", *, frame_step:
     if not paths:
         raise DataError(
             f"{root}: no labelled crops in {split} (annotations of {len(people)} people, crops under "
-            f"{root / CROPS_DIR}/PERSON/%05d.jpg); check the dataset root"
+            f"{crops_root / CROPS_DIR}/PERSON/%05d.jpg); check the dataset root or use --source videos"
         )
     if skipped:
         log.warning("%s: %d of %d people of %s have no crop folder (first: %s); they are skipped",
-                    root / CROPS_DIR, len(skipped), len(people), split, skipped[0])
+                    crops_root / CROPS_DIR, len(skipped), len(people), split, skipped[0])
     labels_array, person_array = np.asarray(labels, np.int64), np.asarray(person, np.int64)
     return CropIndex(split, tuple(paths), labels_array, person_array, tuple(names), tuple(skipped))
 

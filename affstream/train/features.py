@@ -385,25 +385,55 @@ def count_video_frames(path: Path) -> int:
     return count
 
 
-def _collect_tracks(stream, dtype: str) -> tuple[dict[int, TrackBoxes], dict[int, np.ndarray], int]:
-    """Every track of a decoded video: its boxes, its (m, D) features in ``dtype``,
-    and the number of decoded frames. A second face of one track in a frame is dropped."""
+def collect_tracks(stream: Iterable[tuple[Any, Any]],
+                   keep: Callable[[int, int, Any], None]) -> tuple[dict[int, TrackBoxes], int]:
+    """Every track of a decoded video: its boxes, and the number of decoded frames.
+
+    stream: per decoded frame, its FrameFaces and one item per face (a feature row, a
+    crop). ``keep(track, row, item)`` is called, in stream order, for each face a track
+    keeps (row: 0-based frame row); a face before frame 1, or a second face of one
+    track in a frame, is dropped.
+    """
     rows: dict[int, list[int]] = {}
     boxes: dict[int, list[np.ndarray]] = {}
-    feats: dict[int, list[np.ndarray]] = {}
     n_decoded = 0
-    for frame_faces, frame_feats in stream:
+    for frame_faces, items in stream:
         n_decoded += 1
         row = frame_faces.frame_index - 1
-        for face, feat in zip(frame_faces.faces, frame_feats, strict=True):
+        for face, item in zip(frame_faces.faces, items, strict=True):
             track = int(face.track_id)
             if row < 0 or (rows.get(track) and rows[track][-1] >= row):
                 continue
             rows.setdefault(track, []).append(row)
             boxes.setdefault(track, []).append(np.asarray(face.detection.box_xyxy, dtype=np.float64))
-            feats.setdefault(track, []).append(np.asarray(feat, dtype=dtype))
-    return ({t: TrackBoxes(rows[t], np.stack(boxes[t])) for t in rows},
-            {t: np.stack(feats[t]) for t in rows}, n_decoded)
+            keep(track, row, item)
+    return {t: TrackBoxes(rows[t], np.stack(boxes[t])) for t in rows}, n_decoded
+
+
+def _collect_tracks(stream, dtype: str) -> tuple[dict[int, TrackBoxes], dict[int, np.ndarray], int]:
+    """Every track of a decoded video: its boxes, its (m, D) features in ``dtype``,
+    and the number of decoded frames. A second face of one track in a frame is dropped."""
+    feats: dict[int, list[np.ndarray]] = {}
+
+    def keep(track: int, _row: int, feat: Any) -> None:
+        feats.setdefault(track, []).append(np.asarray(feat, dtype=dtype))
+
+    tracks, n_decoded = collect_tracks(stream, keep)
+    return tracks, {t: np.stack(feats[t]) for t in tracks}, n_decoded
+
+
+def choose_people_tracks(video_path: Path, tracks: dict[int, TrackBoxes],
+                         people: Iterable[PersonLabels]) -> dict[str, list[int]]:
+    """``{name: track ids}`` of each annotated person of one video (the rule of the
+    module docstring, :func:`~affstream.train.person_tracks.choose_tracks`); an empty
+    list: the person is missing in every frame. Logs when the left and right people
+    of a two-person video cannot be told apart."""
+    people = list(people)
+    chosen = choose_tracks(tracks, [side_of(p.name) for p in people])
+    if any(side_of(p.name) for p in people) and not any(chosen.get(s) for s in ("left", "right")):
+        log.warning("%s: never two faces at once, so its left and right people cannot be told apart; "
+                    "their frames are all missing", video_path)
+    return {p.name: chosen[side_of(p.name)] for p in people}
 
 
 def _people_from_video(video_path: Path, people: list[PersonLabels], face_features_fn,
@@ -417,16 +447,13 @@ def _people_from_video(video_path: Path, people: list[PersonLabels], face_featur
     """
     stream = face_features_fn(video_path, pipeline=pipeline, backbone=backbone, device=device)
     tracks, feats, n_decoded = _collect_tracks(stream, dtype)
-    chosen = choose_tracks(tracks, [side_of(p.name) for p in people])
-    if any(side_of(p.name) for p in people) and not any(chosen.get(s) for s in ("left", "right")):
-        log.warning("%s: never two faces at once, so its left and right people cannot be told apart; "
-                    "their frames are all missing", video_path)
+    chosen = choose_people_tracks(video_path, tracks, people)
     out = {}
     for person in people:
         n = n_decoded if person.split == TEST_SPLIT else person.n_frames
         features = np.zeros((n, backbone.feature_dim), dtype=dtype)
         present = np.zeros(n, dtype=bool)
-        ids = chosen[side_of(person.name)]
+        ids = chosen[person.name]
         for track in ids:
             keep = tracks[track].rows < n
             features[tracks[track].rows[keep]] = feats[track][keep]
