@@ -498,6 +498,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     target = Path(path)
     tmp, fd = _create_temp(target)
+    mode = os.fstat(fd).st_mode & 0o777  # 0o666 filtered by the umask
     os.close(fd)
     try:
         try:
@@ -507,6 +508,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                 raise output_error(target, exc) from None
             raise
         try:
+            # a block that replaced the file (safetensors writes its own temporary
+            # file and renames it) leaves that file's mode, often 0o600
+            if os.stat(tmp).st_mode & 0o777 != mode:
+                os.chmod(tmp, mode)
             _fsync_file(tmp)
         except OSError as exc:
             raise output_error(target, exc) from None

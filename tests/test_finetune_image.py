@@ -87,6 +87,8 @@ def test_backbone_card_records_base_training_data_and_metrics(tuned):
     assert 0 < card["metrics"]["expr_f1"] <= 1 and card["metrics"]["split"] == "Validation_Set"
     assert len(card["history"]) == 3
     assert not (tuned.parent / f"{tuned.name}.resume").exists()
+    weights, card_file = tuned.parent / f"{tuned.name}.safetensors", tuned.parent / f"{tuned.name}.json"
+    assert weights.stat().st_mode & 0o777 == card_file.stat().st_mode & 0o777  # not left 0600 by safetensors
 
 
 def test_checkpoint_loads_through_backbone_spec_and_differs_from_the_base(tuned, face_root):
@@ -162,7 +164,7 @@ def test_accumulated_micro_batch_gradient_equals_the_whole_batch():
 def test_face_augmentation_is_seeded_keeps_shape_and_mirrors_symmetric_marks(face_root):
     index = index_crops(face_root, "Train_Set")
     images, _labels, dropped = collate_usable([CropDataset(index, 64)[i] for i in range(16)])
-    assert images.dtype == torch.uint8 and images.shape == (16, 3, 64, 64) and dropped == 0
+    assert images.dtype == torch.uint8 and images.shape == (16, 3, 64, 64) and dropped == []
     aug = FaceAugment(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     a = aug(images, torch.Generator().manual_seed(1))
     b = aug(images, torch.Generator().manual_seed(1))
@@ -203,6 +205,12 @@ def test_resumed_run_equals_an_uninterrupted_one(face_root, tmp_path):
         finetune_image(face_root, out=tmp_path / "cut", **options)
     with pytest.raises(ConfigError, match="lr"):
         finetune_image(face_root, out=tmp_path / "cut", resume=True, **{**options, "lr": 1e-3})
+    import shutil
+
+    other = tmp_path / "other_root"
+    shutil.copytree(face_root, other)
+    with pytest.raises(ConfigError, match="root"):
+        finetune_image(other, out=tmp_path / "cut", resume=True, **options)
     summary = finetune_image(face_root, out=tmp_path / "cut", resume=True, **options)
     assert summary["resumed_from"] == 2
     from safetensors.torch import load_file
@@ -282,3 +290,52 @@ def test_finetune_from_videos_extracts_crops_once_and_trains_on_them(tmp_path):
     assert again.exit_code == 0, again.output
     assert {p: p.stat().st_mtime_ns for p in crops.rglob("*.jpg")} == first  # reused, not extracted again
     assert not list(root.rglob("cropped_aligned"))  # never written into the dataset root
+
+
+def test_every_crop_unreadable_is_an_error_and_writes_nothing(face_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "dead"
+    shutil.copytree(face_root, root)
+    for crop in (root / "cropped_aligned").rglob("*.jpg"):
+        crop.write_bytes(b"")
+    result = _invoke("finetune", "image", root, "--backbone", TINY, "-o", tmp_path / "o", "--device", "cpu",
+                     "--workers", "0", "--min-steps", "2", "--batch-size", "16", "--epochs", "1")
+    assert result.exit_code == 2
+    assert "no training step" in result.stderr.splitlines()[-1] and result.stderr.count("Traceback") == 0
+    assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "o.json").exists()
+
+
+def test_divergence_stops_with_a_message(face_root, tmp_path):
+    with pytest.raises(ConfigError, match="diverged"):
+        finetune_image(face_root, backbone=TINY, out=tmp_path / "o", epochs=1, min_steps=20, batch_size=16,
+                       lr=1e4, head_lr=1e4, device="cpu", workers=0, val_frames=16)
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_output_never_replaces_the_base_weights_and_cards_are_required(tuned, face_root, tmp_path):
+    import shutil
+
+    base = tmp_path / "base.safetensors"
+    shutil.copy(f"{tuned}.safetensors", base)
+    shutil.copy(f"{tuned}.json", tmp_path / "base.json")
+    before = base.read_bytes()
+    result = _invoke("finetune", "image", face_root, "--backbone", f"affstream-tiny:{base}", "-o", tmp_path / "base",
+                     "--device", "cpu")
+    assert result.exit_code == 2 and "replace the input" in _error_line(result) and base.read_bytes() == before
+    (tmp_path / "base.json").write_text('{"format": "affstream-backbone", "ver')
+    with pytest.raises(WeightsError, match="unreadable backbone card"):
+        load_backbone(f"affstream-tiny:{base}", "cpu")
+    (tmp_path / "base.json").unlink()
+    with pytest.raises(WeightsError, match=r"card .* is missing"):
+        load_backbone(f"affstream-tiny:{base}", "cpu")
+
+
+def test_checkpoint_names_append_their_suffix():
+    from affstream.embed.card import backbone_paths
+    from affstream.heads.base import checkpoint_paths
+
+    for fn in (backbone_paths, checkpoint_paths):
+        assert [p.name for p in fn("dir/vitl_expr.v2")] == ["vitl_expr.v2.safetensors", "vitl_expr.v2.json"]
+        assert [p.name for p in fn("dir/vitl_expr.safetensors")] == ["vitl_expr.safetensors", "vitl_expr.json"]
+        assert [p.name for p in fn("dir/vitl_expr")] == ["vitl_expr.safetensors", "vitl_expr.json"]

@@ -99,6 +99,9 @@ def test_manifest_forms_agree_and_bad_lines_are_named(root, tmp_path):
         "crop,group,text\ncropped_aligned/face00/00001.jpg,calm,t\ncropped_aligned/face00/00002.jpg,calm,u\n":
             ":3: group 'calm' has another text than on line 2",
         "crop,group,text\ncropped_aligned/face00/00001.jpg,calm,t\n": "at least two",
+        "crop,group,text,text\ncropped_aligned/face00/00001.jpg,calm,t,t\n": ":1: column text appears twice",
+        "crop,group,text\ncropped_aligned/face00/00001.jpg,calm,t\ncropped_aligned/face00/00002.jpg,funny,t\n":
+            "the same text",
     }
     for text, message in cases.items():
         bad = tmp_path / "bad.csv"

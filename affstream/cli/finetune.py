@@ -176,6 +176,16 @@ def finetune_text_command(
     )
 
 
+def _kept_on_interrupt(out: Path) -> str:
+    """What an interrupted image or pre-training run leaves, from what is on disk."""
+    from ..train.checkpoint import STATE_FILE, resume_dir
+
+    rdir = resume_dir(out)
+    if (rdir / STATE_FILE).is_file():
+        return f"the last saved state is kept in {rdir}; run the same command with --resume to continue"
+    return "no state was saved yet (one is saved every --save-every steps and after every epoch); nothing was written"
+
+
 @finetune_group.command("image")
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option(
@@ -274,7 +284,6 @@ def finetune_image_command(root, backbone, task, out, source, crops_dir, pipelin
         TextColumn("steps  loss {task.fields[loss]}"),
         TimeElapsedColumn(),
     )
-    started = []
     try:
         with Progress(*columns, console=console, transient=True) as bar:
             task_id = bar.add_task("finetune", total=None, epoch=0, epochs=0, loss="-")
@@ -291,7 +300,6 @@ def finetune_image_command(root, backbone, task, out, source, crops_dir, pipelin
                 elif event["event"] == "extract":
                     bar.update(task_id, completed=event["done"], total=event["total"], loss="(extracting crops)")
                 elif event["event"] == "step":
-                    started.append(True)
                     loss = "-" if event["loss"] is None else f"{event['loss']:.4f}"
                     bar.update(task_id, epoch=event["epoch"], completed=event["step"], total=event["steps"], loss=loss)
                 elif event["event"] == "epoch":
@@ -314,11 +322,7 @@ def finetune_image_command(root, backbone, task, out, source, crops_dir, pipelin
     except AffstreamError as exc:
         _ui.fail(str(exc))
     except KeyboardInterrupt:
-        _ui.interrupted(
-            console,
-            "the last saved state is kept; add --resume to continue" if started or resume
-            else "stopped before the first step; nothing was written",
-        )
+        _ui.interrupted(console, _kept_on_interrupt(out))
     f1 = summary["metrics"].get("expr_f1")
     metric = f"expr_f1={f1:.4f}" if f1 is not None else "no validation"
     arch = summary["arch"]
@@ -388,7 +392,6 @@ def finetune_pretrain_command(root, groups, backbone, out, epochs, min_steps, ba
         TextColumn("steps  loss {task.fields[loss]}"),
         TimeElapsedColumn(),
     )
-    started = []
     try:
         with Progress(*columns, console=console, transient=True) as bar:
             task_id = bar.add_task("pretrain", total=None, epoch=0, epochs=0, loss="-")
@@ -399,7 +402,6 @@ def finetune_pretrain_command(root, groups, backbone, out, epochs, min_steps, ba
                     bar.console.print(f"{event['crops']} crops in {event['groups']} groups, {event['total_steps']} steps",
                                       soft_wrap=True, markup=False)
                 elif event["event"] == "step":
-                    started.append(True)
                     loss = "-" if event["loss"] is None else f"{event['loss']:.4f}"
                     bar.update(task_id, epoch=event["epoch"], completed=event["step"], total=event["steps"], loss=loss)
                 elif event["event"] == "epoch":
@@ -417,10 +419,6 @@ def finetune_pretrain_command(root, groups, backbone, out, epochs, min_steps, ba
     except AffstreamError as exc:
         _ui.fail(str(exc))
     except KeyboardInterrupt:
-        _ui.interrupted(
-            console,
-            "the last saved state is kept; add --resume to continue" if started or resume
-            else "stopped before the first step; nothing was written",
-        )
+        _ui.interrupted(console, _kept_on_interrupt(out))
     console.print(f"{summary['out']}: {summary['total_steps']} steps; use it as --backbone {summary['arch']}:{summary['out']}",
                   soft_wrap=True, markup=False)

@@ -246,7 +246,8 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     """(weights, card) paths for a checkpoint given as either file or its stem."""
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    # append, never replace: "expr.v2" is the stem of "expr.v2.safetensors"
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
 def save_head(head: AffectHead, path: str | Path) -> Path:

@@ -143,21 +143,25 @@ def load_resume(path: Path) -> ResumeState | None:
         if meta.get("format") != RESUME_FORMAT or meta.get("version") != RESUME_VERSION:
             raise ValueError("not an affstream resume state of a supported version")
         tensors = load_file(str(path / meta["tensors"]), device="cpu")
-    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as exc:
         raise DataError(f"{path}: unreadable resume state ({exc}); delete the folder to start over") from None
 
     def group(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-    return ResumeState(
-        epoch=int(meta["epoch"]), step=int(meta["step"]), config=meta["config"],
-        model=group("model/"), best=group("best/"),
-        optimizer=_join_optimizer({k: v for k, v in tensors.items() if k.startswith("optim/")}, meta["optimizer"]),
-        rng_torch=tensors["rng/torch"],
-        rng_cuda=[tensors[f"rng/cuda/{i}"] for i in range(int(meta.get("n_cuda_rng", 0)))],
-        best_epoch=int(meta["best_epoch"]), best_score=meta["best_score"],
-        best_metrics=meta["best_metrics"], history=meta["history"],
-    )
+    try:
+        return ResumeState(
+            epoch=int(meta["epoch"]), step=int(meta["step"]), config=dict(meta["config"]),
+            model=group("model/"), best=group("best/"),
+            optimizer=_join_optimizer({k: v for k, v in tensors.items() if k.startswith("optim/")}, meta["optimizer"]),
+            rng_torch=tensors["rng/torch"],
+            rng_cuda=[tensors[f"rng/cuda/{i}"] for i in range(int(meta.get("n_cuda_rng", 0)))],
+            best_epoch=int(meta["best_epoch"]), best_score=meta["best_score"],
+            best_metrics=meta["best_metrics"], history=list(meta["history"]),
+        )
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: unreadable resume state ({type(exc).__name__}: {exc}); delete the folder to start "
+                        "over") from None
 
 
 def remove_resume(path: Path) -> None:

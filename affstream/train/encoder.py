@@ -26,10 +26,11 @@ Defaults (the seed's are batch 256, lr 1e-4, AdamW; it gives no schedule):
   then cosine decay;
 - ``epochs`` passes over the training crops (3), with a floor of ``min_steps`` optimizer
   steps (200) so that a small set still gets a schedule worth the name;
-- batch 256, split into micro-batches whose gradients are accumulated (the update is
-  the same as one batch of 256); on CUDA a micro-batch that runs out of memory is
-  halved and the step retried, so the largest micro-batch that fits is found without
-  the user guessing;
+- batch 256, split into micro-batches whose gradients are accumulated; on CUDA a
+  micro-batch that runs out of memory is halved and the step retried, so the largest micro-batch that fits is found without
+  the user guessing. The accumulated gradient is that of the whole batch except for
+  the batch norm of the new layers, whose statistics are each micro-batch's (a run
+  with other micro-batches is therefore close to, not equal to, one without);
 - bf16 autocast on CUDA when the GPU supports it (fp32 otherwise and on the CPU);
   gradient checkpointing of the transformer blocks (less memory for ~30 % more compute).
 
@@ -60,7 +61,7 @@ from torch import nn
 from ..errors import ConfigError, DataError, OutputError
 from ..labels import EXPR_LABELS
 from .checkpoint import ResumeState, load_resume, remove_resume, resume_dir, save_resume
-from .face_crops import CropDataset, CropIndex, FaceAugment, collate_usable, index_crops, spread
+from .face_crops import CropDataset, CropIndex, FaceAugment, collate_usable, index_crops, note_unreadable, spread
 from .loop import check_train_output, lr_factor
 from .losses import expr_class_weights
 from .metrics import expr_macro_f1
@@ -113,9 +114,8 @@ class ImageTuneConfig:
     seed: int = 0
     source: str = "crops"
 
-    RESUME_FREE = ("micro_batch", "save_every")
-    """Options that may differ on resume: they change memory use or checkpoint cadence,
-    not the result."""
+    RESUME_FREE = ("save_every",)
+    """Options that may differ on resume: the checkpoint cadence, not the result."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -199,7 +199,7 @@ class _ImageRun:
     workers: int
     micro: int
     augment: FaceAugment
-    dropped: int = 0
+    unreadable: set[Path] = dataclasses.field(default_factory=set)
     extraction: dict[str, Any] | None = None
     crops_dir: Path | None = None
 
@@ -292,7 +292,8 @@ def _backward(run: _ImageRun, images: torch.Tensor, labels: torch.Tensor, step: 
 
     images: (B, 3, S, S) uint8, augmented here (parameters seeded by the step). Each
     micro-batch's weighted loss sum is divided by the whole batch's weight sum, so the
-    accumulated gradient equals that of the batch in one pass."""
+    accumulated gradient equals that of the batch in one pass, up to the batch norm's
+    per-micro-batch statistics."""
     images = images.to(run.device, non_blocking=True)
     if run.cfg.augment:
         x_all = run.augment(images, torch.Generator().manual_seed(run.cfg.seed * 1_000_003 + step))
@@ -331,9 +332,13 @@ def _train_step(run: _ImageRun, images: torch.Tensor, labels: torch.Tensor, step
             torch.cuda.empty_cache()
             log.warning("out of GPU memory: micro-batch halved to %d (gradients accumulated to %d)",
                         run.micro, run.cfg.batch_size)
+    value = float(loss)
+    if not math.isfinite(value):
+        raise ConfigError(f"training diverged at step {step + 1} (loss {value}); lower --lr / --head-lr "
+                          "(the state saved before this step is kept for --resume)")
     torch.nn.utils.clip_grad_norm_(run.model.parameters(), GRAD_CLIP)
     run.optimizer.step()
-    return float(loss)
+    return value
 
 
 @torch.no_grad()
@@ -345,7 +350,7 @@ def evaluate_classifier(run: _ImageRun) -> dict[str, Any]:
     run.model.eval()
     truth, preds = [], []
     for images, labels, dropped in loader:
-        run.dropped += dropped
+        note_unreadable(run.unreadable, run.val, dropped)
         x_all = run.augment.normalize(images.to(run.device, non_blocking=True))
         for start, stop in chunks(len(labels), run.micro):
             with _autocast(run):
@@ -353,6 +358,7 @@ def evaluate_classifier(run: _ImageRun) -> dict[str, Any]:
             preds.append(logits.argmax(-1).cpu())
         truth.append(labels)
     if not truth or sum(len(t) for t in truth) == 0:
+        log.warning("none of the %d validation crops could be read; the epoch is not scored", len(run.val))
         return {}
     y, p = torch.cat(truth).numpy(), torch.cat(preds).numpy()
     return {"expr_f1": expr_macro_f1(y, p), "accuracy": float((y == p).mean()), "frames": len(y)}
@@ -435,6 +441,18 @@ def _setup(root: Path, cfg: ImageTuneConfig, backbone_spec: str, device: str, wo
                      augment, extraction=extraction, crops_dir=crops_dir)
 
 
+def _check_output_is_no_input(out: Path, spec: str, crops_dir: str | Path | None) -> None:
+    """ConfigError if OUT would replace the base weights or their card (or sit in the crops
+    folder of ``source="videos"``)."""
+    from ..embed.backbone import BackboneSpec
+    from ..embed.card import check_not_input
+
+    parsed = BackboneSpec.parse(spec)
+    check_not_input(out, parsed.source if parsed.kind == "file" else None)
+    if crops_dir is not None and Path(out).resolve().is_relative_to(Path(crops_dir).resolve()):
+        raise ConfigError(f"{out}: inside the crops folder {crops_dir}; choose another -o")
+
+
 def _state(model: EncoderClassifier) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -490,6 +508,7 @@ def finetune_image(
     cfg.check()
     out = Path(out)
     check_train_output(out)
+    _check_output_is_no_input(out, backbone, crops_dir)
     rdir = resume_dir(out)
     saved = load_resume(rdir)
     if saved is not None and not resume:
@@ -502,11 +521,11 @@ def finetune_image(
         extraction = _extract(Path(root), crops_root, cfg, backbone, device, pipeline, progress)
     run = _setup(Path(root), cfg, backbone, device, workers, crops_root, extraction)
     step, best_state, best_epoch, best_score, best_metrics, history = 0, None, 0, None, {}, []
+    identity = {"backbone": backbone, "backbone_sha256": run.backbone.sha256, "root": str(Path(root).resolve()),
+                "crops_dir": str(crops_root.resolve()) if crops_root is not None else None}
     if saved is not None:
-        wanted = {k: v for k, v in cfg.to_dict().items() if k not in ImageTuneConfig.RESUME_FREE}
+        wanted = {k: v for k, v in {**cfg.to_dict(), **identity}.items() if k not in ImageTuneConfig.RESUME_FREE}
         differing = sorted(k for k, v in wanted.items() if saved.config.get(k) != v)
-        if saved.config.get("backbone") != backbone:
-            differing.append("backbone")
         if differing:
             raise ConfigError(
                 f"{rdir}: saved run used different {', '.join(differing)}; resume with the same options or delete the "
@@ -515,6 +534,8 @@ def finetune_image(
         run.model.load_state_dict(saved.model)
         run.optimizer.load_state_dict(saved.optimizer)
         torch.set_rng_state(saved.rng_torch)
+        if saved.rng_cuda and run.device.type == "cuda":
+            torch.cuda.set_rng_state_all(saved.rng_cuda)
         step = saved.step
         best_state = saved.best or None
         best_epoch, best_score, best_metrics, history = saved.best_epoch, saved.best_score, saved.best_metrics, saved.history
@@ -527,8 +548,9 @@ def finetune_image(
 
     def save(epochs_done: int) -> None:
         state = ResumeState(
-            epoch=epochs_done, step=step, config={**cfg.to_dict(), "backbone": backbone}, model=_state(run.model),
+            epoch=epochs_done, step=step, config={**cfg.to_dict(), **identity}, model=_state(run.model),
             best=best_state or {}, optimizer=run.optimizer.state_dict(), rng_torch=torch.get_rng_state(),
+            rng_cuda=list(torch.cuda.get_rng_state_all()) if run.device.type == "cuda" else [],
             best_epoch=best_epoch, best_score=best_score, best_metrics=best_metrics, history=history,
         )
         try:
@@ -544,7 +566,7 @@ def finetune_image(
         run.model.train()
         losses = []
         for images, labels, dropped in _loader(run, dataset, order, cfg.seed * 1_000_003 + step):
-            run.dropped += dropped
+            note_unreadable(run.unreadable, run.train, dropped)
             if len(labels) >= 2:
                 losses.append(_train_step(run, images, labels, step))
             step += 1
@@ -553,6 +575,10 @@ def finetune_image(
                           "steps": run.steps_per_epoch, "loss": losses[-1] if losses else None})
             if step % run.steps_per_epoch and step % cfg.save_every == 0:
                 save(epoch - 1)
+        if not losses:
+            first = sorted(run.unreadable)[0] if run.unreadable else None
+            raise DataError(f"{root}: no training step in epoch {epoch}: the batches held fewer than 2 readable crops "
+                            f"({len(run.unreadable)} unreadable crops, first: {first}); replace or delete them")
         metrics = evaluate_classifier(run)
         score = metrics.get("expr_f1")
         if best_score is None or score is None or score > best_score:
@@ -601,14 +627,14 @@ def _finish(run: _ImageRun, out: Path, rdir: Path, backbone_spec: str, best_stat
             },
         },
         "data": {
-            "root": str(run.root),
+            "root": str(run.root.resolve()),
             "train_people": len(run.train.people),
             "train_crops": len(run.train),
             "train_class_counts": dict(zip(EXPR_LABELS, run.train.class_counts(), strict=True)),
             "val_people": len(run.val.people) if run.val is not None else 0,
             "val_crops": len(run.val) if run.val is not None else 0,
             "people_without_crops": list(run.train.skipped),
-            "unreadable_crops_dropped": run.dropped,
+            "unreadable_crops_dropped": len(run.unreadable),
             "source": cfg.source,
             **({"crops_dir": str(run.crops_dir), "extraction": run.extraction} if run.extraction else {}),
         },

@@ -9,9 +9,9 @@ without a crop folder is skipped with a warning.
 
 :class:`CropDataset` loads a crop (header checked first, as for a feature bank: a
 decompression bomb is never decoded), resizes it to the encoder's input side S and
-returns ``(image, label, ok)``: image (3, S, S) uint8 RGB; ok False for a crop that
-cannot be used (truncated, corrupt), which :func:`collate_usable` drops from the batch
-and counts.
+returns ``(image, label, ok, i)``: image (3, S, S) uint8 RGB; ok False for a crop that
+cannot be used (truncated, corrupt), which :func:`collate_usable` drops from the batch,
+returning its index ``i`` so that the caller counts each bad file once.
 
 Augmentation (:class:`FaceAugment`, training only), chosen for aligned faces and drawn
 per crop but applied to a whole batch at once on the training device (one
@@ -105,7 +105,11 @@ def index_crops(root: str | Path, split: str, task: str = "expr", *, frame_step:
         expr = record.expr
         if expr is None:
             continue
-        crop_dir = find_crop_dir(crops_root, record)
+        try:
+            crop_dir = find_crop_dir(crops_root, record)
+        except DataError as exc:  # a _left / _right person without its own folder
+            log.warning("%s", exc)
+            crop_dir = None
         if crop_dir is None:
             skipped.append(name)
             continue
@@ -205,19 +209,28 @@ class CropDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
-        image, _ = _load_crop(self.index.paths[i], self.size)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool, int]:
+        image, _ = _load_crop(self.index.paths[i], self.size, warn=False)
         label = int(self.index.labels[i])
         if image is None:
-            return torch.zeros((3, self.size, self.size), dtype=torch.uint8), label, False
-        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous(), label, True
+            return torch.zeros((3, self.size, self.size), dtype=torch.uint8), label, False, int(i)
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous(), label, True, int(i)
 
 
-def collate_usable(items: list[tuple[torch.Tensor, int, bool]]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Stack the usable items: (B', 3, S, S) uint8 images, (B',) int64 labels, and how
-    many unusable crops were dropped."""
-    usable = [(x, y) for x, y, ok in items if ok]
-    dropped = len(items) - len(usable)
+def note_unreadable(seen: set[Path], index: CropIndex, dropped: list[int]) -> None:
+    """Add the crops of ``index`` at ``dropped`` to ``seen``, warning once per new file."""
+    for i in dropped:
+        path = index.paths[i]
+        if path not in seen:
+            seen.add(path)
+            log.warning("%s: unreadable crop (it does not decode); left out of training, replace or delete it", path)
+
+
+def collate_usable(items: list[tuple[torch.Tensor, int, bool, int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Stack the usable items: (B', 3, S, S) uint8 images, (B',) int64 labels, and the
+    dataset indices of the unusable crops dropped from the batch."""
+    usable = [(x, y) for x, y, ok, _ in items if ok]
+    dropped = [i for _, _, ok, i in items if not ok]
     if not usable:
         side = items[0][0].shape[-1] if items else 0
         return torch.zeros((0, 3, side, side), dtype=torch.uint8), torch.zeros((0,), dtype=torch.int64), dropped

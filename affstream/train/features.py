@@ -234,7 +234,7 @@ def _jpeg_size(handle) -> tuple[int, int] | str:
     return "corrupt JPEG header (no frame header)"
 
 
-def _load_crop(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
+def _load_crop(path: Path, size: int, warn: bool = True) -> tuple[np.ndarray | None, str | None]:
     """``(image, None)`` with image (size, size, 3) uint8 RGB, or ``(None, problem)`` if
     the crop cannot be used (see :func:`crop_size`; also a truncated or undecodable
     image body). The header is checked before anything is decoded."""
@@ -252,7 +252,8 @@ def _load_crop(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as exc:
         # Pillow's errors for a body that does not decode (truncated, corrupt)
         problem = f"{path}: unreadable crop (cannot decode it: {first_line(exc, 200)}); replace or delete it"
-    log.warning("%s (frame kept as missing)", problem)
+    if warn:
+        log.warning("%s (frame kept as missing)", problem)
     return None, problem
 
 

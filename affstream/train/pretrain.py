@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, DataError, OutputError
 from .checkpoint import ResumeState, load_resume, remove_resume, resume_dir, save_resume
 from .encoder import GRAD_CLIP, WARMUP_FRACTION, autocast, crop_loader, default_workers, resolve_precision, sample_order
-from .face_crops import CropDataset, CropIndex, FaceAugment
+from .face_crops import CropDataset, CropIndex, FaceAugment, note_unreadable
 from .features import CROPS_DIR
 from .loop import check_train_output, lr_factor
 
@@ -138,10 +138,15 @@ def read_group_manifest(path: str | Path, root: str | Path) -> GroupIndex:
     ids: dict[str, int] = {}
     texts: list[str] = []
     text_line: list[int] = []
+    seen: dict[tuple[str, str], int] = {}
+    duplicates = 0
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             fields = [f.strip() for f in reader.fieldnames or []]
+            repeated = sorted({f for f in fields if fields.count(f) > 1 and f})
+            if repeated:
+                raise DataError(f"{path}:1: column {', '.join(repeated)} appears twice in the header; keep one")
             if {"crop", "group", "text"} <= set(fields):
                 form = "crop"
             elif {"person", "frame", "group", "text"} <= set(fields):
@@ -178,6 +183,11 @@ def read_group_manifest(path: str | Path, root: str | Path) -> GroupIndex:
                 elif texts[ids[group]] != values["text"]:
                     raise DataError(f"{path}:{line}: group '{group}' has another text than on line "
                                     f"{text_line[ids[group]]}; give one text per group")
+                key = (str(crop), group)
+                if key in seen:
+                    duplicates += 1
+                    continue
+                seen[key] = line
                 paths.append(crop)
                 group_of.append(ids[group])
     except UnicodeDecodeError:
@@ -186,6 +196,15 @@ def read_group_manifest(path: str | Path, root: str | Path) -> GroupIndex:
         raise DataError(f"{path}: not a readable CSV ({exc})") from None
     if len(ids) < 2:
         raise DataError(f"{path}: {len(ids)} group(s); contrastive pre-training needs at least two")
+    if duplicates:
+        log.warning("%s: %d repeated line(s) (same crop and group) read once", path, duplicates)
+    by_text: dict[str, list[str]] = {}
+    for group, text in zip(ids, texts, strict=True):
+        by_text.setdefault(text, []).append(group)
+    shared = [groups for groups in by_text.values() if len(groups) > 1]
+    if shared:
+        raise DataError(f"{path}: groups {', '.join(shared[0])} have the same text; give each group its own text "
+                        "or merge them into one group")
     labels = np.asarray(group_of, dtype=np.int64)
     crops = CropIndex("groups", tuple(paths), labels, np.zeros(len(paths), np.int64), ("manifest",))
     return GroupIndex(crops, tuple(ids), tuple(texts), path)
@@ -242,7 +261,7 @@ class _PretrainRun:
     steps_per_epoch: int
     augment: FaceAugment
     workers: int
-    dropped: int = 0
+    unreadable: set[Path] = dataclasses.field(default_factory=set)
 
     @property
     def total_steps(self) -> int:
@@ -298,6 +317,14 @@ def _setup(root: Path, manifest: Path, cfg: PretrainConfig, spec: str, device: s
     return _PretrainRun(cfg, data, backbone, tokens, dev, precision, optimizer, steps, augment, n_workers)
 
 
+def _check_output_is_no_input(out: Path, spec: str, manifest: str | Path) -> None:
+    from ..embed.backbone import BackboneSpec
+    from ..embed.card import check_not_input
+
+    parsed = BackboneSpec.parse(spec)
+    check_not_input(out, parsed.source if parsed.kind == "file" else None, manifest)
+
+
 def _train_step(run: _PretrainRun, images: torch.Tensor, groups: torch.Tensor, step: int) -> float:
     factor = lr_factor(step, run.total_steps, max(1, round(WARMUP_FRACTION * run.total_steps)))
     for group in run.optimizer.param_groups:
@@ -311,9 +338,13 @@ def _train_step(run: _PretrainRun, images: torch.Tensor, groups: torch.Tensor, s
             f"out of GPU memory at a batch of {run.cfg.batch_size} on {run.device} (a contrastive batch cannot be "
             "split); lower --batch-size"
         ) from None
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise ConfigError(f"training diverged at step {step + 1} (loss {value}); lower --lr "
+                          "(the state saved before this step is kept for --resume)")
     torch.nn.utils.clip_grad_norm_(run.backbone.model.parameters(), GRAD_CLIP)
     run.optimizer.step()
-    return float(loss.detach())
+    return value
 
 
 def pretrain_groups(
@@ -345,6 +376,7 @@ def pretrain_groups(
     cfg.check()
     out = Path(out)
     check_train_output(out)
+    _check_output_is_no_input(out, backbone, groups)
     rdir = resume_dir(out)
     saved = load_resume(rdir)
     if saved is not None and not resume:
@@ -353,7 +385,11 @@ def pretrain_groups(
     run = _setup(Path(root), Path(groups), cfg, backbone, device, workers)
     clip = run.backbone.model
     step, history = 0, []
-    wanted = {**{k: v for k, v in cfg.to_dict().items() if k != "save_every"}, "backbone": backbone}
+    from ..files import sha256_file
+
+    wanted = {**{k: v for k, v in cfg.to_dict().items() if k != "save_every"}, "backbone": backbone,
+              "backbone_sha256": run.backbone.sha256, "root": str(Path(root).resolve()),
+              "manifest": str(run.data.manifest.resolve()), "manifest_sha256": sha256_file(run.data.manifest)}
     if saved is not None:
         differing = sorted(k for k, v in wanted.items() if saved.config.get(k) != v)
         if differing:
@@ -362,6 +398,8 @@ def pretrain_groups(
         clip.load_state_dict(saved.model)
         run.optimizer.load_state_dict(saved.optimizer)
         torch.set_rng_state(saved.rng_torch)
+        if saved.rng_cuda and run.device.type == "cuda":
+            torch.cuda.set_rng_state_all(saved.rng_cuda)
         step, history = saved.step, saved.history
     resumed_from = step
     if progress is not None:
@@ -373,7 +411,9 @@ def pretrain_groups(
     def save(epochs_done: int) -> None:
         state = ResumeState(epoch=epochs_done, step=step, config=wanted,
                             model={k: v.detach().cpu().clone() for k, v in clip.state_dict().items()}, best={},
-                            optimizer=run.optimizer.state_dict(), rng_torch=torch.get_rng_state(), history=history)
+                            optimizer=run.optimizer.state_dict(), rng_torch=torch.get_rng_state(),
+                            rng_cuda=list(torch.cuda.get_rng_state_all()) if run.device.type == "cuda" else [],
+                            history=history)
         try:
             save_resume(rdir, state)
         except OutputError as exc:
@@ -387,7 +427,7 @@ def pretrain_groups(
         losses = []
         loader = crop_loader(dataset, order, cfg.batch_size, run.workers, run.device, cfg.seed * 1_000_003 + step)
         for images, labels, dropped in loader:
-            run.dropped += dropped
+            note_unreadable(run.unreadable, run.data.crops, dropped)
             if len(labels) >= 2:
                 losses.append(_train_step(run, images, labels, step))
             step += 1
@@ -396,6 +436,10 @@ def pretrain_groups(
                           "steps": run.steps_per_epoch, "loss": losses[-1] if losses else None})
             if step % run.steps_per_epoch and step % cfg.save_every == 0:
                 save(epoch - 1)
+        if not losses:
+            first = sorted(run.unreadable)[0] if run.unreadable else None
+            raise DataError(f"{run.data.manifest}: no training step in epoch {epoch}: the batches held fewer than 2 "
+                            f"readable crops ({len(run.unreadable)} unreadable, first: {first}); replace or delete them")
         train_loss = float(np.mean(losses)) if losses else None
         history.append({"epoch": epoch, "train_loss": train_loss})
         save(epoch)
@@ -429,12 +473,12 @@ def _finish(run: _PretrainRun, out: Path, rdir: Path, history: list[dict[str, An
             "logit_scale": float(bb.model.logit_scale.detach().exp()),
         },
         "data": {
-            "manifest": str(run.data.manifest),
+            "manifest": str(run.data.manifest.resolve()),
             "manifest_sha256": sha256_file(run.data.manifest),
             "crops": len(run.data.crops),
             "groups": {g: {"text": t, "crops": int(c)} for g, t, c in zip(run.data.groups, run.data.texts, counts,
                                                                           strict=True)},
-            "unreadable_crops_dropped": run.dropped,
+            "unreadable_crops_dropped": len(run.unreadable),
         },
         "metrics": {},
         "history": history,
