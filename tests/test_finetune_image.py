@@ -339,3 +339,22 @@ def test_checkpoint_names_append_their_suffix():
         assert [p.name for p in fn("dir/vitl_expr.v2")] == ["vitl_expr.v2.safetensors", "vitl_expr.v2.json"]
         assert [p.name for p in fn("dir/vitl_expr.safetensors")] == ["vitl_expr.safetensors", "vitl_expr.json"]
         assert [p.name for p in fn("dir/vitl_expr")] == ["vitl_expr.safetensors", "vitl_expr.json"]
+
+
+def test_foreign_weights_error_says_which_keys_do_not_fit(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"foo": torch.zeros(3)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(WeightsError, match=r"missing key\(s\), e\.g\. .*1 unexpected key\(s\), e\.g\. foo"):
+        load_backbone(f"affstream-tiny:{tmp_path / 'foreign.safetensors'}", "cpu")
+
+
+def test_a_side_person_without_its_own_crop_folder_is_skipped_not_fatal(face_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(face_root, root)
+    val = root / "EXPR_Recognition_Challenge" / "Validation_Set"
+    shutil.copy(val / "face08.txt", val / "vid9_left.txt")
+    index = index_crops(root, "Validation_Set")
+    assert "vid9_left" in index.skipped and len(index.people) == 3

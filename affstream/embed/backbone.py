@@ -376,10 +376,32 @@ def _create_from_file(spec: BackboneSpec) -> tuple[torch.nn.Module, str, dict[st
             model = open_clip.create_model(spec.arch, pretrained=str(path), device="cpu")
     except Exception as exc:  # noqa: BLE001 - open_clip raises bare RuntimeError/KeyError/... for bad files
         raise WeightsError(
-            f"{path}: cannot load as open_clip weights for {spec.arch} ({first_line(exc)}); "
+            f"{path}: cannot load as open_clip weights for {spec.arch} ({_load_problem(exc)}); "
             "check that the file matches the architecture"
         ) from None
     return model, sha256_file_cached(path), card
+
+
+def _load_problem(exc: BaseException) -> str:
+    """torch's multi-line state-dict mismatch summarised in one line (counts and a first
+    key of each kind); any other error's first line."""
+    import re
+
+    text = str(exc)
+    if not text.startswith("Error(s) in loading state_dict"):
+        return first_line(exc)
+    parts = []
+    for label, pattern in (("missing", r"Missing key\(s\) in state_dict: (.*)"),
+                           ("unexpected", r"Unexpected key\(s\) in state_dict: (.*)")):
+        match = re.search(pattern, text)
+        if match:
+            keys = re.findall(r'"([^"]+)"', match.group(1))
+            if keys:
+                parts.append(f"{len(keys)} {label} key(s), e.g. {keys[0]}")
+    mismatched = re.findall(r"size mismatch for ([^:]+):", text)
+    if mismatched:
+        parts.append(f"{len(mismatched)} tensor(s) of another shape, e.g. {mismatched[0]}")
+    return "; ".join(parts) or first_line(exc)
 
 
 def _create_pretrained(spec: BackboneSpec) -> tuple[torch.nn.Module, str | None]:
