@@ -186,6 +186,60 @@ def _kept_on_interrupt(out: Path) -> str:
     return "no state was saved yet (one is saved every --save-every steps and after every epoch); nothing was written"
 
 
+def _train_on_crops(out: Path, train, started, finished_epoch) -> dict:
+    """Run ``train(progress)`` (image fine-tuning or pre-training) under a progress bar
+    on stderr: ``started(event)`` and ``finished_epoch(event)`` give the text printed at
+    the start and after every epoch's loss. Exits with one line on a user error (2) or a
+    failed write (1), and says what is kept on Ctrl-C. Returns the run's summary."""
+    from ..errors import AffstreamError, OutputError
+
+    console = _ui.stderr_console()
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..train.loop import check_train_output
+
+        check_train_output(out)
+    except AffstreamError as exc:
+        _ui.fail(str(exc))
+    except KeyboardInterrupt:
+        _ui.interrupted(console, "nothing was written")
+    columns = (
+        TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps  loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task_id = bar.add_task("train", total=None, epoch=0, epochs=0, loss="-")
+
+            def progress(event: dict) -> None:
+                kind = event["event"]
+                if kind == "start":
+                    bar.update(task_id, epochs=event["epochs"], epoch=event["first_epoch"])
+                    bar.console.print(started(event), soft_wrap=True, markup=False)
+                elif kind == "extract":
+                    bar.update(task_id, completed=event["done"], total=event["total"], loss="(extracting crops)")
+                elif kind == "step":
+                    loss = "-" if event["loss"] is None else f"{event['loss']:.4f}"
+                    bar.update(task_id, epoch=event["epoch"], completed=event["step"], total=event["steps"], loss=loss)
+                elif kind == "epoch":
+                    loss = "-" if event["train_loss"] is None else f"{event['train_loss']:.4f}"
+                    extra = finished_epoch(event)
+                    bar.console.print(f"epoch {event['epoch']}/{event['epochs']}: loss {loss}" + (f"  {extra}" if extra else ""),
+                                      soft_wrap=True, markup=False)
+
+            return train(progress)
+    except OutputError as exc:
+        _ui.fail(str(exc), _ui.EXIT_INPUT_FAILED)
+    except AffstreamError as exc:
+        _ui.fail(str(exc))
+    except KeyboardInterrupt:
+        _ui.interrupted(console, _kept_on_interrupt(out))
+
+
 @finetune_group.command("image")
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option(
@@ -263,72 +317,31 @@ def finetune_image_command(root, backbone, task, out, source, crops_dir, pipelin
     """Fine-tune a CLIP image encoder on the EXPR labels of the face crops of an
     Aff-Wild2-format ROOT (cropped_aligned/, or faces found in videos/); keeps the epoch
     with the best Validation_Set F1 and writes it as a backbone checkpoint."""
-    from ..errors import AffstreamError, OutputError
-
-    console = _ui.stderr_console()
-    try:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    def train(progress):
         from ..train.encoder import finetune_image
-        from ..train.loop import check_train_output
 
-        check_train_output(out)
-    except AffstreamError as exc:
-        _ui.fail(str(exc))
-    except KeyboardInterrupt:
-        _ui.interrupted(console, "nothing was written")
-    columns = (
-        TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("steps  loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-    )
-    try:
-        with Progress(*columns, console=console, transient=True) as bar:
-            task_id = bar.add_task("finetune", total=None, epoch=0, epochs=0, loss="-")
+        return finetune_image(
+            root, backbone=backbone, out=out, task=task, epochs=epochs, min_steps=min_steps, batch_size=batch_size,
+            micro_batch=micro_batch, lr=lr, head_lr=head_lr, weight_decay=weight_decay, frame_step=frame_step,
+            val_frames=val_frames or None, precision=precision, grad_checkpointing=grad_checkpointing,
+            augment=augment, save_every=save_every, seed=seed, source=source, crops_dir=crops_dir,
+            pipeline=pipeline, device=device, workers=workers, resume=resume, progress=progress,
+        )
 
-            def progress(event: dict) -> None:
-                if event["event"] == "start":
-                    bar.update(task_id, epochs=event["epochs"], epoch=event["first_epoch"])
-                    bar.console.print(
-                        f"{event['train_crops']} training crops, {event['val_crops']} validation crops, "
-                        f"{event['total_steps']} steps",
-                        soft_wrap=True,
-                        markup=False,
-                    )
-                elif event["event"] == "extract":
-                    bar.update(task_id, completed=event["done"], total=event["total"], loss="(extracting crops)")
-                elif event["event"] == "step":
-                    loss = "-" if event["loss"] is None else f"{event['loss']:.4f}"
-                    bar.update(task_id, epoch=event["epoch"], completed=event["step"], total=event["steps"], loss=loss)
-                elif event["event"] == "epoch":
-                    f1 = event["metrics"].get("expr_f1")
-                    metric = f"expr_f1={f1:.4f}" if f1 is not None else "no validation"
-                    star = " *" if event["best_epoch"] == event["epoch"] else ""
-                    loss = "-" if event["train_loss"] is None else f"{event['train_loss']:.4f}"
-                    bar.console.print(f"epoch {event['epoch']}/{event['epochs']}: loss {loss}  {metric}{star}",
-                                      soft_wrap=True, markup=False)
+    def started(event: dict) -> str:
+        return f"{event['train_crops']} training crops, {event['val_crops']} validation crops, {event['total_steps']} steps"
 
-            summary = finetune_image(
-                root, backbone=backbone, out=out, task=task, epochs=epochs, min_steps=min_steps, batch_size=batch_size,
-                micro_batch=micro_batch, lr=lr, head_lr=head_lr, weight_decay=weight_decay, frame_step=frame_step,
-                val_frames=val_frames or None, precision=precision, grad_checkpointing=grad_checkpointing,
-                augment=augment, save_every=save_every, seed=seed, source=source, crops_dir=crops_dir,
-                pipeline=pipeline, device=device, workers=workers, resume=resume, progress=progress,
-            )
-    except OutputError as exc:
-        _ui.fail(str(exc), _ui.EXIT_INPUT_FAILED)
-    except AffstreamError as exc:
-        _ui.fail(str(exc))
-    except KeyboardInterrupt:
-        _ui.interrupted(console, _kept_on_interrupt(out))
+    def finished_epoch(event: dict) -> str:
+        f1 = event["metrics"].get("expr_f1")
+        metric = f"expr_f1={f1:.4f}" if f1 is not None else "no validation"
+        return metric + (" *" if event["best_epoch"] == event["epoch"] else "")
+
+    summary = _train_on_crops(out, train, started, finished_epoch)
     f1 = summary["metrics"].get("expr_f1")
     metric = f"expr_f1={f1:.4f}" if f1 is not None else "no validation"
-    arch = summary["arch"]
-    console.print(
+    _ui.stderr_console().print(
         f"{summary['out']}: best epoch {summary['best_epoch']} of {summary['epochs']}, {metric}; "
-        f"use it as --backbone {arch}:{summary['out']}",
+        f"use it as --backbone {summary['arch']}:{summary['out']}",
         soft_wrap=True,
         markup=False,
     )
@@ -371,54 +384,23 @@ def finetune_pretrain_command(root, groups, backbone, out, epochs, min_steps, ba
                               grad_checkpointing, save_every, workers, seed, device, resume) -> None:
     """CLEF's optional first stage: weakly supervised contrastive pre-training of both CLIP
     towers on face crops grouped by a coarse condition with one text per group."""
-    from ..errors import AffstreamError, OutputError
 
-    console = _ui.stderr_console()
-    try:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        from ..train.loop import check_train_output
+    def train(progress):
         from ..train.pretrain import pretrain_groups
 
-        check_train_output(out)
-    except AffstreamError as exc:
-        _ui.fail(str(exc))
-    except KeyboardInterrupt:
-        _ui.interrupted(console, "nothing was written")
-    columns = (
-        TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("steps  loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
+        return pretrain_groups(
+            root, groups=groups, backbone=backbone, out=out, epochs=epochs, min_steps=min_steps,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, precision=precision,
+            grad_checkpointing=grad_checkpointing, save_every=save_every, seed=seed, device=device, workers=workers,
+            resume=resume, progress=progress,
+        )
+
+    def started(event: dict) -> str:
+        return f"{event['crops']} crops in {event['groups']} groups, {event['total_steps']} steps"
+
+    summary = _train_on_crops(out, train, started, lambda event: "")
+    _ui.stderr_console().print(
+        f"{summary['out']}: {summary['total_steps']} steps; use it as --backbone {summary['arch']}:{summary['out']}",
+        soft_wrap=True,
+        markup=False,
     )
-    try:
-        with Progress(*columns, console=console, transient=True) as bar:
-            task_id = bar.add_task("pretrain", total=None, epoch=0, epochs=0, loss="-")
-
-            def progress(event: dict) -> None:
-                if event["event"] == "start":
-                    bar.update(task_id, epochs=event["epochs"], epoch=event["first_epoch"])
-                    bar.console.print(f"{event['crops']} crops in {event['groups']} groups, {event['total_steps']} steps",
-                                      soft_wrap=True, markup=False)
-                elif event["event"] == "step":
-                    loss = "-" if event["loss"] is None else f"{event['loss']:.4f}"
-                    bar.update(task_id, epoch=event["epoch"], completed=event["step"], total=event["steps"], loss=loss)
-                elif event["event"] == "epoch":
-                    loss = "-" if event["train_loss"] is None else f"{event['train_loss']:.4f}"
-                    bar.console.print(f"epoch {event['epoch']}/{event['epochs']}: loss {loss}", soft_wrap=True, markup=False)
-
-            summary = pretrain_groups(
-                root, groups=groups, backbone=backbone, out=out, epochs=epochs, min_steps=min_steps,
-                batch_size=batch_size, lr=lr, weight_decay=weight_decay, precision=precision,
-                grad_checkpointing=grad_checkpointing, save_every=save_every, seed=seed, device=device, workers=workers,
-                resume=resume, progress=progress,
-            )
-    except OutputError as exc:
-        _ui.fail(str(exc), _ui.EXIT_INPUT_FAILED)
-    except AffstreamError as exc:
-        _ui.fail(str(exc))
-    except KeyboardInterrupt:
-        _ui.interrupted(console, _kept_on_interrupt(out))
-    console.print(f"{summary['out']}: {summary['total_steps']} steps; use it as --backbone {summary['arch']}:{summary['out']}",
-                  soft_wrap=True, markup=False)

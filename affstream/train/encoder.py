@@ -341,6 +341,44 @@ def _train_step(run: _ImageRun, images: torch.Tensor, labels: torch.Tensor, step
     return value
 
 
+def train_epoch(
+    loader,
+    index: CropIndex,
+    unreadable: set[Path],
+    train_step: Callable[[torch.Tensor, torch.Tensor, int], float],
+    save: Callable[[int, int], None],
+    progress: Progress | None,
+    *,
+    step: int,
+    epoch: int,
+    steps_per_epoch: int,
+    save_every: int,
+    where: Path,
+) -> tuple[list[float], int]:
+    """The rest of one epoch over ``loader``'s batches of crops of ``index``: one
+    ``train_step(images, labels, step)`` per batch with at least 2 readable crops,
+    unreadable crops noted once in ``unreadable``, a ``step`` event per batch and a
+    ``save(finished_epochs, step)`` every ``save_every`` steps within the epoch. Returns the
+    batch losses and the step reached; DataError naming ``where`` if no batch could
+    be trained on."""
+    losses: list[float] = []
+    for images, labels, dropped in loader:
+        note_unreadable(unreadable, index, dropped)
+        if len(labels) >= 2:
+            losses.append(train_step(images, labels, step))
+        step += 1
+        if progress is not None:
+            progress({"event": "step", "epoch": epoch, "step": step - (epoch - 1) * steps_per_epoch,
+                      "steps": steps_per_epoch, "loss": losses[-1] if losses else None})
+        if step % steps_per_epoch and step % save_every == 0:
+            save(epoch - 1, step)
+    if not losses:
+        first = sorted(unreadable)[0] if unreadable else None
+        raise DataError(f"{where}: no training step in epoch {epoch}: the batches held fewer than 2 readable crops "
+                        f"({len(unreadable)} unreadable crops, first: {first}); replace or delete them")
+    return losses, step
+
+
 @torch.no_grad()
 def evaluate_classifier(run: _ImageRun) -> dict[str, Any]:
     """Macro F1 and accuracy of the classifier on the validation crops ({} without)."""
@@ -546,7 +584,7 @@ def finetune_image(
                   "val_crops": len(run.val) if run.val is not None else 0})
     dataset = CropDataset(run.train, run.backbone.image_size)
 
-    def save(epochs_done: int) -> None:
+    def save(epochs_done: int, step: int) -> None:
         state = ResumeState(
             epoch=epochs_done, step=step, config={**cfg.to_dict(), **identity}, model=_state(run.model),
             best=best_state or {}, optimizer=run.optimizer.state_dict(), rng_torch=torch.get_rng_state(),
@@ -564,28 +602,17 @@ def finetune_image(
         remaining = run.steps_per_epoch - in_epoch
         order = sample_order(len(run.train), cfg.seed, step * cfg.batch_size, remaining * cfg.batch_size)
         run.model.train()
-        losses = []
-        for images, labels, dropped in _loader(run, dataset, order, cfg.seed * 1_000_003 + step):
-            note_unreadable(run.unreadable, run.train, dropped)
-            if len(labels) >= 2:
-                losses.append(_train_step(run, images, labels, step))
-            step += 1
-            if progress is not None:
-                progress({"event": "step", "epoch": epoch, "step": step - (epoch - 1) * run.steps_per_epoch,
-                          "steps": run.steps_per_epoch, "loss": losses[-1] if losses else None})
-            if step % run.steps_per_epoch and step % cfg.save_every == 0:
-                save(epoch - 1)
-        if not losses:
-            first = sorted(run.unreadable)[0] if run.unreadable else None
-            raise DataError(f"{root}: no training step in epoch {epoch}: the batches held fewer than 2 readable crops "
-                            f"({len(run.unreadable)} unreadable crops, first: {first}); replace or delete them")
+        loader = _loader(run, dataset, order, cfg.seed * 1_000_003 + step)
+        losses, step = train_epoch(loader, run.train, run.unreadable, lambda x, y, k: _train_step(run, x, y, k),
+                                   save, progress, step=step, epoch=epoch, steps_per_epoch=run.steps_per_epoch,
+                                   save_every=cfg.save_every, where=root)
         metrics = evaluate_classifier(run)
         score = metrics.get("expr_f1")
         if best_score is None or score is None or score > best_score:
             best_state, best_epoch, best_score, best_metrics = _state(run.model), epoch, score, metrics
         train_loss = float(np.mean(losses)) if losses else None
         history.append({"epoch": epoch, "train_loss": train_loss, "score": score})
-        save(epoch)
+        save(epoch, step)
         log.info("epoch %d/%d: loss %s, validation EXPR F1 %s", epoch, cfg.epochs, train_loss, score)
         if progress is not None:
             progress({"event": "epoch", "epoch": epoch, "epochs": cfg.epochs, "train_loss": train_loss,

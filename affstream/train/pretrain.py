@@ -49,8 +49,17 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError, OutputError
 from .checkpoint import ResumeState, load_resume, remove_resume, resume_dir, save_resume
-from .encoder import GRAD_CLIP, WARMUP_FRACTION, autocast, crop_loader, default_workers, resolve_precision, sample_order
-from .face_crops import CropDataset, CropIndex, FaceAugment, note_unreadable
+from .encoder import (
+    GRAD_CLIP,
+    WARMUP_FRACTION,
+    autocast,
+    crop_loader,
+    default_workers,
+    resolve_precision,
+    sample_order,
+    train_epoch,
+)
+from .face_crops import CropDataset, CropIndex, FaceAugment
 from .features import CROPS_DIR
 from .loop import check_train_output, lr_factor
 
@@ -408,7 +417,7 @@ def pretrain_groups(
                   "crops": len(run.data.crops), "groups": len(run.data.groups)})
     dataset = CropDataset(run.data.crops, run.backbone.image_size)
 
-    def save(epochs_done: int) -> None:
+    def save(epochs_done: int, step: int) -> None:
         state = ResumeState(epoch=epochs_done, step=step, config=wanted,
                             model={k: v.detach().cpu().clone() for k, v in clip.state_dict().items()}, best={},
                             optimizer=run.optimizer.state_dict(), rng_torch=torch.get_rng_state(),
@@ -424,25 +433,13 @@ def pretrain_groups(
         remaining = run.steps_per_epoch - step % run.steps_per_epoch
         order = sample_order(len(run.data.crops), cfg.seed, step * cfg.batch_size, remaining * cfg.batch_size)
         clip.train()
-        losses = []
         loader = crop_loader(dataset, order, cfg.batch_size, run.workers, run.device, cfg.seed * 1_000_003 + step)
-        for images, labels, dropped in loader:
-            note_unreadable(run.unreadable, run.data.crops, dropped)
-            if len(labels) >= 2:
-                losses.append(_train_step(run, images, labels, step))
-            step += 1
-            if progress is not None:
-                progress({"event": "step", "epoch": epoch, "step": step - (epoch - 1) * run.steps_per_epoch,
-                          "steps": run.steps_per_epoch, "loss": losses[-1] if losses else None})
-            if step % run.steps_per_epoch and step % cfg.save_every == 0:
-                save(epoch - 1)
-        if not losses:
-            first = sorted(run.unreadable)[0] if run.unreadable else None
-            raise DataError(f"{run.data.manifest}: no training step in epoch {epoch}: the batches held fewer than 2 "
-                            f"readable crops ({len(run.unreadable)} unreadable, first: {first}); replace or delete them")
+        losses, step = train_epoch(loader, run.data.crops, run.unreadable, lambda x, y, k: _train_step(run, x, y, k),
+                                   save, progress, step=step, epoch=epoch, steps_per_epoch=run.steps_per_epoch,
+                                   save_every=cfg.save_every, where=run.data.manifest)
         train_loss = float(np.mean(losses)) if losses else None
         history.append({"epoch": epoch, "train_loss": train_loss})
-        save(epoch)
+        save(epoch, step)
         log.info("epoch %d/%d: loss %s", epoch, cfg.epochs, train_loss)
         if progress is not None:
             progress({"event": "epoch", "epoch": epoch, "epochs": cfg.epochs, "train_loss": train_loss})
