@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import av
@@ -100,12 +101,39 @@ def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
     of the frame's side data (PyAV has no lookup that does not): never call it on frames
     of the codecs in ``_NO_SIDE_DATA_LIST_CODECS``.
     """
-    for side in frame.side_data:
-        if side.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
-            raw = bytes(side)
-            if len(raw) >= 36:
-                return np.frombuffer(raw[:36], dtype=np.int32)
+    raw = side_data_bytes(frame, "DISPLAYMATRIX")
+    if raw is not None and len(raw) >= 36:
+        return np.frombuffer(raw[:36], dtype=np.int32)
     return None
+
+
+def side_data_bytes(frame, kind: str) -> bytes | None:
+    """The bytes of ``frame``'s first side data of type ``kind`` (a name of
+    ``av.sidedata.sidedata.Type``, e.g. ``"DISPLAYMATRIX"``), or None.
+
+    The one place affstream reads side data, for both shapes PyAV has given
+    ``VideoFrame.side_data``: a sequence of ``SideData`` (each with ``.type``; PyAV up to
+    18.1.0) and a mapping from ``Type`` to ``SideData`` (18.1.1 and later, whose
+    iteration yields the keys). Types are compared by name, so an enum moved between
+    modules still matches. Raises ValueError when PyAV cannot name a side data type (older
+    PyAV with a newer FFmpeg). Building the container wraps every side data of the frame:
+    never call it on PNG/APNG frames (see ``_NO_SIDE_DATA_LIST_CODECS``).
+    """
+    container = frame.side_data
+    if isinstance(container, Mapping):
+        for key in container:
+            if _type_name(key) == kind:
+                return bytes(container[key])
+        return None
+    for side in container:
+        if _type_name(side.type) == kind:
+            return bytes(side)
+    return None
+
+
+def _type_name(kind) -> str:
+    """``Type.DISPLAYMATRIX`` -> ``"DISPLAYMATRIX"`` (enum members and plain strings)."""
+    return kind if isinstance(kind, str) else str(getattr(kind, "name", kind))
 
 
 # EXIF orientation tag (1..8) -> (clockwise rotation, mirror first)
