@@ -37,3 +37,16 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     for quoting a library's error inside one of ours."""
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:limit]
+
+
+BUG_REPORT_HINT = "please report it with the output of `affstream doctor`"
+# a native crash (a signal, not an exception) on one file: the file is part of the report
+CRASH_REPORT_HINT = "please report it with the file and the output of `affstream doctor`"
+
+
+def internal_error(where: str, exc: BaseException) -> str:
+    """One line for an exception that is not a user's mistake (a defect in affstream, or a
+    dependency whose API moved): where it happened, the exception's type and message, and
+    how to report it. The traceback belongs in the debug log, not in this line."""
+    return (f"{where}: affstream failed with an internal error ({type(exc).__name__}: {first_line(exc)}); "
+            f"this is not a problem with the input: {BUG_REPORT_HINT}")

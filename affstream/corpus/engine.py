@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PipelineConfig
-from ..errors import AffstreamError, ConfigError
+from ..errors import CRASH_REPORT_HINT, AffstreamError, ConfigError
 from ..pipeline.workers import _Worker
 from ..records import InputResult
 from .inputs import (
@@ -335,7 +335,7 @@ class _Engine:
             else:
                 seconds = time.perf_counter() - slot.started
                 run.finish(item, STATUS_FAILED, f"{item.path}: the worker process crashed ({reason}) on this "
-                                                "video, twice; the other videos went on; please report the file",
+                                                f"video, twice; the other videos went on; {CRASH_REPORT_HINT}",
                            None, seconds)
         if retry is not None or self.pending is None or self.pending:
             self.slots.append(self._start(slot.device, retry))

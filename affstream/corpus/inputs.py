@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import CRASH_REPORT_HINT, ConfigError
 from ..io.sources import describe_unusable_input
 
 log = logging.getLogger("affstream")
@@ -156,7 +156,9 @@ def has_media_signature(head: bytes) -> bool:
 def probe_file(path: str) -> tuple[str | None, str]:
     """Runs in the probe process: (status, detail). status None: a video (detail
     describes it); else STATUS_FAILED or STATUS_NOT_VIDEO with the reason."""
-    from ..errors import AffstreamError
+    import av
+
+    from ..errors import AffstreamError, first_line, internal_error
     from ..io.sources import open_source
 
     try:
@@ -171,8 +173,10 @@ def probe_file(path: str) -> tuple[str | None, str]:
         if "no video stream" in message.lower() or not has_media_signature(head):
             return STATUS_NOT_VIDEO, message
         return STATUS_FAILED, message
-    except Exception as exc:  # noqa: BLE001 - a decoder's own error is this file's failure
-        return STATUS_FAILED, f"{path}: cannot be decoded ({type(exc).__name__}: {exc})"
+    except (av.FFmpegError, OSError, ValueError) as exc:  # the decoder's own error: this file's failure
+        return STATUS_FAILED, f"{path}: cannot be decoded ({type(exc).__name__}: {first_line(exc)})"
+    except Exception as exc:  # noqa: BLE001 - a defect in affstream or a dependency, not in the file
+        return STATUS_FAILED, internal_error(path, exc)
     try:
         info = source.info
         return None, f"{info.codec} {info.width}x{info.height}, {info.frame_count} frame(s) declared"
@@ -203,7 +207,7 @@ class Prober:
         except concurrent.futures.process.BrokenProcessPool:
             self._pool.shutdown(wait=False)
             self._pool = None
-            return STATUS_FAILED, f"{path}: the probe process crashed on this file; please report the file"
+            return STATUS_FAILED, f"{path}: the probe process crashed on this file; {CRASH_REPORT_HINT}"
 
 
 def classify(items: Iterable[CorpusItem], prober: Callable[[Path], tuple[str | None, str]]) -> None:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PipelineConfig
-from ..errors import AffstreamError, ConfigError
+from ..errors import CRASH_REPORT_HINT, AffstreamError, ConfigError
 from ..records import InputResult, VideoInfo
 from .engine import ATTEMPTS, CorpusRun, cpu_count, visible_gpus
 from .inputs import STATUS_DONE, STATUS_FAILED, STATUS_SKIPPED, CorpusItem
@@ -176,7 +176,7 @@ class _CorpusActor:
             attempt = ray.get(self.ledger.begin.remote(key, self.worker))
             if attempt > ATTEMPTS:
                 return row(STATUS_FAILED, error=f"{path}: the worker process crashed on this video, {ATTEMPTS} "
-                                                "times; the other videos went on; please report the file")
+                                                f"times; the other videos went on; {CRASH_REPORT_HINT}")
             if self.resume:
                 report = finished_report(item, self.out_dir, fingerprints)
                 if report is not None:

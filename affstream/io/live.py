@@ -22,7 +22,9 @@ decoder, in seconds of the session's monotonic clock.
 Reconnecting: on a live source (camera, URL) a read error, a stall longer than the read
 timeout, or a normal end of stream means the source went away: the feed reopens it
 with backoff for up to ``reconnect_s`` seconds; after that it ends with
-:attr:`LiveFeed.error` set (one line). Times always increase: after a reconnection, or
+:attr:`LiveFeed.error` set (one line). Any other exception in the reader thread also
+ends the feed with :attr:`LiveFeed.error` set (an internal error, one line; the
+traceback at debug level), never as if the source had ended. Times always increase: after a reconnection, or
 when the PTS jump back (a wrap, a new sender on the same UDP port), the clock goes on
 from the previous frame's time plus one frame step.
 """
@@ -42,7 +44,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ..errors import SourceError
+from ..errors import SourceError, internal_error
 from .orientation import Orientation
 
 log = logging.getLogger("affstream")
@@ -397,6 +399,9 @@ class LiveFeed:
                     return
                 if not self._reconnect(reason):
                     return
+        except Exception as error:  # the consumer must hear of it: an error, never "the end"
+            log.debug("%s: the live reader failed", self.spec.label, exc_info=True)
+            self.error = internal_error(f"{self.spec.label}: the live reader", error)
         finally:
             self._close_container()
             with self._lock:

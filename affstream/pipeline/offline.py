@@ -22,7 +22,9 @@ the result is one :class:`~affstream.records.InputResult` per input.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from ..config import PipelineConfig, ScheduleConfig
-from ..errors import AffstreamError, SourceError
+from ..errors import AffstreamError, SourceError, internal_error
 from ..io.prefetch import prefetch
 from ..io.sources import VideoSource, describe_unusable_input, open_source
 from ..records import (
@@ -52,6 +54,8 @@ from .faces import DetectSchedule, FaceSteps
 from .outputs import check_outputs, output_paths
 from .predict import make_predictor
 from .run import RowCounter, build_report
+
+log = logging.getLogger("affstream")
 
 # ------------------------------------------------------------------------- face chunks
 
@@ -289,8 +293,10 @@ def annotate_one(path: str | Path, out_dir: str | Path, stages: Stages,
                  observer: InputObserver | None = None, *, overwrite: bool = False,
                  fingerprints: dict | None = None) -> InputResult:
     """Annotate one input into ``out_dir``; a user-facing failure (AffstreamError)
-    becomes a failed result with its one-line message. KeyboardInterrupt propagates
-    (nothing partial is left under a final name)."""
+    becomes a failed result with its one-line message, and so does any other exception
+    (an internal error: its type and message, how to report it; the traceback is logged
+    at debug level). KeyboardInterrupt propagates (nothing partial is left under a final
+    name)."""
     observer = observer or InputObserver()
     path = Path(path)
     start = time.perf_counter()
@@ -300,6 +306,10 @@ def annotate_one(path: str | Path, out_dir: str | Path, stages: Stages,
         result = write_run(run, out_dir, overwrite=overwrite, fingerprints=fingerprints)
     except AffstreamError as exc:
         result = InputResult(str(path), INPUT_FAILED, error=str(exc), seconds=time.perf_counter() - start)
+    except Exception as exc:  # noqa: BLE001 - a defect fails this input with one line; the others go on
+        log.debug("%s: internal error\n%s", path, "".join(traceback.format_exception(exc)))
+        result = InputResult(str(path), INPUT_FAILED, error=internal_error(str(path), exc),
+                             seconds=time.perf_counter() - start)
     observer.finished(result)
     return result
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PipelineConfig
-from ..errors import AffstreamError
+from ..errors import CRASH_REPORT_HINT, AffstreamError
 from ..records import INPUT_FAILED, InputResult, VideoInfo
 from ..runtime import install_stop_signals
 
@@ -200,7 +200,7 @@ def run_isolated(paths: Sequence[str | Path], out_dir: str | Path, config: Pipel
                 worker = None
                 result = InputResult(str(path), INPUT_FAILED,
                                      error=f"{path}: the worker process crashed ({reason}) on this input; "
-                                           "the other inputs go on; please report the file")
+                                           f"the other inputs go on; {CRASH_REPORT_HINT}")
                 observer.finished(result)
             results.append(result)
     except KeyboardInterrupt as exc:
