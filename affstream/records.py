@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .labels import EXPR_LABELS
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -213,7 +215,8 @@ class FrameAnnotation:
 
     box_xyxy:   (4,) float32 pixels of the upright frame, or None.
     expr_probs: (8,) float32 or None; au_probs / au_present: (12,) or None.
-    expression: index into ``labels.EXPR_LABELS`` of the most probable class, or None.
+    expression: index into ``labels.EXPR_LABELS`` of the most probable class, or None;
+                :attr:`expression_label` is its name, as the CSV writes it (``Fear``).
     """
 
     frame_index: int
@@ -228,6 +231,18 @@ class FrameAnnotation:
     expr_probs: np.ndarray | None = None
     au_probs: np.ndarray | None = None
     au_present: np.ndarray | None = None
+
+    @property
+    def expression_label(self) -> str | None:
+        """The expression's name (``labels.EXPR_LABELS[expression]``), or None.
+
+        Raises ValueError for an index outside the 8 classes."""
+        if self.expression is None:
+            return None
+        index = int(self.expression)
+        if not 0 <= index < len(EXPR_LABELS):
+            raise ValueError(f"FrameAnnotation.expression must be in [0, {len(EXPR_LABELS)}), got {index}")
+        return EXPR_LABELS[index]
 
 
 STATUS_OK = "ok"  # a live frame analysed (with or without a face)

@@ -1,7 +1,7 @@
 """Command line: parsing, progress and error reporting only; the work is in the library.
 
 One module per command family (:mod:`.annotate`, :mod:`.corpus`, :mod:`.train`,
-:mod:`.pictures`), all sharing
+:mod:`.pictures`, :mod:`.doctor`), all sharing
 :mod:`._ui` (console, exit codes, progress, summary). Nothing heavy (torch, open_clip,
 av) is imported until a command runs, so ``affstream --help`` is instant.
 """
@@ -16,6 +16,7 @@ import click
 from . import _ui
 from .annotate import annotate_command
 from .corpus import corpus_command
+from .doctor import doctor_command
 from .finetune import finetune_group
 from .pictures import plot_command, render_command, report_command
 from .stream import stream_command
@@ -58,6 +59,7 @@ for _command in (annotate_command, corpus_command, features_command, train_comma
                  render_command, plot_command, report_command, finetune_group):
     main.add_command(_command)
 main.add_command(stream_command)
+main.add_command(doctor_command)
 
 def run() -> None:
     """The console entry point: :func:`main`, with a stop that arrives while click

@@ -142,15 +142,6 @@ def _box_cells(box_xyxy: np.ndarray | None) -> list[str]:
     return [format_fixed(v, PIXEL_DECIMALS) for v in (x1, y1, x2 - x1, y2 - y1)]
 
 
-def _expression_cell(expression: int | None) -> str:
-    if expression is None:
-        return ""
-    index = int(expression)
-    if not 0 <= index < len(EXPR_LABELS):
-        raise ValueError(f"FrameAnnotation.expression must be in [0, {len(EXPR_LABELS)}), got {index}")
-    return EXPR_LABELS[index]
-
-
 def _au_cells(au_present: np.ndarray | None, au_probs: np.ndarray | None) -> list[str]:
     present = _vector(au_present, len(AU_LABELS), "au_present")
     probs = _vector(au_probs, len(AU_LABELS), "au_probs")
@@ -177,7 +168,7 @@ def format_row(ann: FrameAnnotation) -> list[str]:
         *_box_cells(ann.box_xyxy),
         format_fixed(ann.valence, SCORE_DECIMALS),
         format_fixed(ann.arousal, SCORE_DECIMALS),
-        _expression_cell(ann.expression),
+        ann.expression_label or "",
         *(
             [""] * len(EXPR_LABELS)
             if probs is None
