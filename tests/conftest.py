@@ -3,12 +3,47 @@ once per session with PyAV (see tests/media.py). All fixtures return ``pathlib.P
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import media
 import pytest
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
+
+# ------------------------------------------------------- lanes without torch (.ci/run)
+# Python 3.12/3.13 lanes run the torch-free modules without torch installed. There a
+# test marked `torch` (it starts a process that needs torch), and a test whose code
+# raises ModuleNotFoundError for torch or what needs it, is reported as skipped with
+# that reason; with torch installed neither rule changes anything.
+TORCH_INSTALLED = importlib.util.find_spec("torch") is not None
+_NEEDS_TORCH = {"torch", "torchvision", "open_clip"}
+_SKIP_REASON = "needs torch, which this CI lane does not install"
+
+
+def _needs_torch(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] in _NEEDS_TORCH:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if not TORCH_INSTALLED:
+        for item in items:
+            if item.get_closest_marker("torch"):
+                item.add_marker(pytest.mark.skip(reason=_SKIP_REASON))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if TORCH_INSTALLED or call.excinfo is None or not _needs_torch(call.excinfo.value):
+        return
+    report = outcome.get_result()
+    report.outcome = "skipped"
+    report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {_SKIP_REASON}")
 
 
 def _data_file(name: str) -> Path:

@@ -42,6 +42,7 @@ def expected_rows(csv_path: Path) -> list[list]:
     return rows
 
 
+@pytest.mark.torch  # the corpus CLI in a subprocess
 def test_parquet_dataset_equals_csvs(small_corpus, tmp_path):
     out = tmp_path / "out"
     result = run_corpus(small_corpus, out, smoke_config(), workers=1, on_event=parquet_on_event(out))

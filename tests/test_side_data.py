@@ -1,9 +1,10 @@
-"""Side data through the one reader (``affstream.io.orientation.side_data_bytes``).
+"""Side data through the one reader (``affstream.io.avcompat.side_data_bytes``).
 
-PyAV has given ``VideoFrame.side_data`` two shapes: a sequence of ``SideData`` (up to
-18.1.0) and a mapping from ``Type`` to ``SideData`` (18.1.1 and later). The installed
-PyAV exercises one shape on real files; the other runs on stand-in objects of the same
-shape, so both branches run in every CI lane whatever PyAV it resolved.
+PyAV has given ``VideoFrame.side_data`` three shapes: a sequence of ``SideData`` (up to
+14), a ``Mapping`` subclass whose iteration still yields ``SideData`` (15 to 18.1.0) and a
+true mapping whose iteration yields the ``Type`` keys (18.1.1 and later). The installed
+PyAV exercises its shape on real files (the oldest CI lane runs 18.0, the others 18.1.1+);
+every shape runs on stand-in objects, so all branches run in every CI lane.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import pytest
 from PIL import Image
 
 from affstream.io import probe
-from affstream.io.orientation import Orientation, side_data_bytes
+from affstream.io.avcompat import side_data_bytes
+from affstream.io.orientation import Orientation
 
 DATA = Path(__file__).parent / "data"
 
@@ -54,6 +56,24 @@ class _SequenceShape:
 
     def __getitem__(self, index: int) -> _Side:
         return self.sides[index]
+
+
+class _MappingOfSides(Mapping):
+    """PyAV 15 to 18.1.0: a Mapping subclass whose iteration still yields SideData."""
+
+    def __init__(self, *sides: _Side) -> None:
+        self.sides = list(sides)
+
+    def __iter__(self):
+        return iter(self.sides)
+
+    def __len__(self) -> int:
+        return len(self.sides)
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return self.sides[key]
+        return next(side for side in self.sides if side.type == key)
 
 
 class _MappingShape(Mapping):
@@ -99,7 +119,11 @@ class _Stream:
         self.metadata: dict[str, str] = {}
 
 
-@pytest.mark.parametrize("shape", [_SequenceShape, _MappingShape], ids=["sequence", "mapping"])
+SHAPES = pytest.mark.parametrize("shape", [_SequenceShape, _MappingOfSides, _MappingShape],
+                                 ids=["sequence", "mapping-of-sides", "mapping-of-types"])
+
+
+@SHAPES
 def test_both_api_shapes_find_the_display_matrix(shape):
     matrix = _matrix(90)
     frame = _Frame(shape(_Side(_Type.SEI_UNREGISTERED, b"x" * 40), _Side(_Type.DISPLAYMATRIX, matrix)))
@@ -109,7 +133,7 @@ def test_both_api_shapes_find_the_display_matrix(shape):
     assert Orientation.of_frame(frame, _Stream("h264"), "x.mp4", False) == Orientation(rotation_cw=270)
 
 
-@pytest.mark.parametrize("shape", [_SequenceShape, _MappingShape], ids=["sequence", "mapping"])
+@SHAPES
 def test_both_api_shapes_without_a_display_matrix(shape):
     frame = _Frame(shape(_Side(_Type.SEI_UNREGISTERED, b"sei")))
     assert side_data_bytes(frame, "DISPLAYMATRIX") is None

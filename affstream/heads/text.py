@@ -271,7 +271,7 @@ def _class_embeddings(backbone: Backbone, groups: Sequence[Sequence[str]]) -> to
 
 
 def _cache_key(backbone: Backbone, prompts: PromptSet) -> dict[str, Any]:
-    import open_clip
+    from importlib.metadata import version
 
     key: dict[str, Any] = {
         "format": CACHE_FORMAT,
@@ -279,7 +279,7 @@ def _cache_key(backbone: Backbone, prompts: PromptSet) -> dict[str, Any]:
         "sha256": backbone.sha256,
         "precision": backbone.precision,
         "prompts": prompts.file_sha256,
-        "open_clip": open_clip.__version__,
+        "open_clip": version("open_clip_torch"),  # open_clip.__version__ exists only from 2.25
     }
     if not backbone.meaningful:  # random weights depend on the init code too
         key["torch"] = torch.__version__

@@ -56,6 +56,7 @@ import av
 
 from ..errors import SourceError
 from ..records import DecodeStats
+from .avcompat import open_input
 from .paths import ffmpeg_path
 
 _LOG = logging.getLogger("affstream")
@@ -77,7 +78,7 @@ def open_container(name: str) -> av.container.InputContainer:
     """Open ``name`` with PyAV, mapping its errors to one-line SourceErrors (which name
     ``name`` as given)."""
     try:
-        container = av.open(ffmpeg_path(name), mode="r", metadata_errors="replace")
+        container = open_input(ffmpeg_path(name))
     except FileNotFoundError as error:
         raise SourceError(f"{name}: no such file; check the path") from error
     except IsADirectoryError as error:

@@ -45,6 +45,7 @@ import av
 import numpy as np
 
 from ..errors import SourceError, internal_error
+from .avcompat import open_input
 from .orientation import Orientation
 
 log = logging.getLogger("affstream")
@@ -352,8 +353,8 @@ class LiveFeed:
         spec = self.spec
         timeouts = (open_timeout_s or self.timeouts[0], self.timeouts[1])
         try:
-            container = av.open(spec.target, mode="r", format=spec.format, options=dict(spec.options),
-                                timeout=timeouts if spec.live else None, metadata_errors="replace")
+            container = open_input(spec.target, format=spec.format, options=dict(spec.options),
+                                   timeout=timeouts if spec.live else None)
         except (av.FFmpegError, OSError, ValueError) as error:
             raise open_error(spec, error) from None
         if not container.streams.video:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import av
 import numpy as np
+
+from .avcompat import metadata_text, side_data_bytes
 
 _LOG = logging.getLogger("affstream")
 
@@ -57,7 +58,7 @@ class Orientation:
             return cls._fallback(frame, name, is_image)
         if matrix is not None:
             return cls.from_matrix(matrix)
-        rotate = stream.metadata.get("rotate")
+        rotate = metadata_text(stream.metadata.get("rotate", ""))
         if rotate:
             try:
                 return cls(rotation_cw=_nearest_quarter(float(rotate)))
@@ -105,35 +106,6 @@ def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
     if raw is not None and len(raw) >= 36:
         return np.frombuffer(raw[:36], dtype=np.int32)
     return None
-
-
-def side_data_bytes(frame, kind: str) -> bytes | None:
-    """The bytes of ``frame``'s first side data of type ``kind`` (a name of
-    ``av.sidedata.sidedata.Type``, e.g. ``"DISPLAYMATRIX"``), or None.
-
-    The one place affstream reads side data, for both shapes PyAV has given
-    ``VideoFrame.side_data``: a sequence of ``SideData`` (each with ``.type``; PyAV up to
-    18.1.0) and a mapping from ``Type`` to ``SideData`` (18.1.1 and later, whose
-    iteration yields the keys). Types are compared by name, so an enum moved between
-    modules still matches. Raises ValueError when PyAV cannot name a side data type (older
-    PyAV with a newer FFmpeg). Building the container wraps every side data of the frame:
-    never call it on PNG/APNG frames (see ``_NO_SIDE_DATA_LIST_CODECS``).
-    """
-    container = frame.side_data
-    if isinstance(container, Mapping):
-        for key in container:
-            if _type_name(key) == kind:
-                return bytes(container[key])
-        return None
-    for side in container:
-        if _type_name(side.type) == kind:
-            return bytes(side)
-    return None
-
-
-def _type_name(kind) -> str:
-    """``Type.DISPLAYMATRIX`` -> ``"DISPLAYMATRIX"`` (enum members and plain strings)."""
-    return kind if isinstance(kind, str) else str(getattr(kind, "name", kind))
 
 
 # EXIF orientation tag (1..8) -> (clockwise rotation, mirror first)

@@ -21,6 +21,7 @@ import av
 import numpy as np
 
 from ..errors import DataError, SourceError
+from ..io.avcompat import open_input
 from ..io.decode import (
     FIRST_FRAME_MAX_PACKETS,
     FrameClock,
@@ -140,7 +141,7 @@ def is_still_picture(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a still picture (JPEG, PNG...) rather than a video; False when
     it cannot be opened at all (the caller's own open then says why)."""
     try:
-        with av.open(str(path)) as container:
+        with open_input(str(path)) as container:
             return is_image(container)
     except (av.FFmpegError, OSError, ValueError):
         return False

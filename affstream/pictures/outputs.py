@@ -52,10 +52,10 @@ def is_own_picture(path: str | Path) -> bool:
     suffix = path.suffix.lower()
     try:
         if suffix in _VIDEO_SUFFIXES:
-            import av
+            from ..io.avcompat import metadata_text, open_input
 
-            with av.open(str(path)) as container:
-                return str(container.metadata.get("comment", "")).startswith(_MARK)
+            with open_input(str(path)) as container:
+                return metadata_text(container.metadata.get("comment", "")).startswith(_MARK)
         if suffix == ".png":
             from PIL import Image
 

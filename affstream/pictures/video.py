@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import OutputError, SourceError
 from ..files import atomic_path, output_error
+from ..io.avcompat import open_input
 from .frames import RawFrame, VideoFrames, paired_frames
 from .outputs import GENERATOR, check_output
 from .overlay import Region, TrailKeeper, draw_overlay
@@ -116,7 +117,7 @@ def _encode_all(
     declared: int | None,
     progress: ProgressCallback | None,
 ) -> None:
-    with av.open(str(tmp), "w") as output, av.open(frames.name) as audio_input:
+    with av.open(str(tmp), "w") as output, open_input(frames.name) as audio_input:
         encoder = _VideoEncoder(output, frames, crf)
         audio = _AudioCopier(output, audio_input)
         result.audio = audio.describe()
