@@ -93,10 +93,10 @@ def fake_frame(index: int, face: bool = True, dropped: bool = False, size=(360, 
 class Events:
     """A reader of ``/events`` on its own thread: (event, data) pairs in a queue."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, token: str) -> None:
         self.events: queue.Queue = queue.Queue()
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        self.connection.request("GET", "/events")
+        self.connection.request("GET", f"/events?token={token}")
         self.response = self.connection.getresponse()
         assert self.response.status == 200
         assert self.response.getheader("Content-Type").startswith("text/event-stream")
@@ -127,9 +127,14 @@ class Events:
             assert kind != "closed", seen
 
 
-def get(port: int, path: str, host: str | None = None) -> tuple[int, dict[str, str], bytes]:
+def get(port: int, path: str, host: str | None = None, token: str | None = None,
+        cookie: str | None = None) -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"Host": host} if host else {}
+    if cookie:
+        headers["Cookie"] = cookie
+    if token is not None:
+        path += ("&" if "?" in path else "?") + f"token={token}"
     connection.request("GET", path, headers=headers)
     response = connection.getresponse()
     body = response.read()
@@ -143,22 +148,32 @@ def test_preview_server_without_models():
     preview = LivePreview.start(0, source="synthetic source", hub=hub)
     try:
         host, port = preview.address
-        assert host == "127.0.0.1" and preview.url == f"http://127.0.0.1:{port}/"
+        token = preview.token
+        assert len(token) >= 32 and host == "127.0.0.1" and preview.url == f"http://127.0.0.1:{port}/?token={token}"
         if Path("/proc/net/tcp").exists():
             assert listening_sockets(port) == [("tcp", "0100007F")]  # 127.0.0.1 only, no IPv6, no 0.0.0.0
+        # without the token (or with another), no route answers: another local account sees nothing
+        for path in ("/", "/events", "/frame.jpg", "/state.json", "/nothing"):
+            assert get(port, path)[0] == 403
+            assert get(port, path, token=token[:-1] + ("A" if token[-1] != "A" else "B"))[0] == 403
+            assert get(port, path, cookie=f"affstream_preview_{port}=wrong")[0] == 403
 
-        status, headers, body = get(port, "/")
+        status, headers, body = get(port, "/", token=token)
+        cookie = headers["Set-Cookie"]
+        assert cookie.startswith(f"affstream_preview_{port}={token};") and "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie and headers["Referrer-Policy"] == "no-referrer"
+        assert get(port, "/state.json", cookie=f"affstream_preview_{port}={token}")[0] == 200  # the page's requests
         assert status == 200 and headers["Content-Type"].startswith("text/html")
         page = body.decode()
         assert "synthetic source" in page and "affstream-live" in page
         assert 'src="http' not in page and 'href="http' not in page and "url(" not in page  # nothing from elsewhere
         assert "connect-src 'self'" in headers["Content-Security-Policy"]
-        assert get(port, "/", host=f"attacker.example:{port}")[0] == 403  # DNS rebinding
-        assert get(port, "/", host=f"localhost:{port}")[0] == 200
-        assert get(port, "/frame.jpg")[0] == 404  # no picture yet
-        assert get(port, "/nothing")[0] == 404
+        assert get(port, "/", host=f"attacker.example:{port}", token=token)[0] == 403  # DNS rebinding
+        assert get(port, "/", host=f"localhost:{port}", token=token)[0] == 200
+        assert get(port, "/frame.jpg", token=token)[0] == 404  # no picture yet
+        assert get(port, "/nothing", token=token)[0] == 404
 
-        reader = Events(port)
+        reader = Events(port, token)
         for index in range(1, 31):  # 1 s of frames with a face, but one without and the last dropped
             clock[0] = 0.5 + (index - 1) / 30.0 + 0.05
             hub.observe(fake_frame(index, face=index != 15, dropped=index == 30))
@@ -173,13 +188,13 @@ def test_preview_server_without_models():
         deadline = time.monotonic() + 10
         while (hub.state()["stats"]["frames"] < 30 or hub.state()["picture"]["f"] != 29) and time.monotonic() < deadline:
             time.sleep(0.05)
-        state = json.loads(get(port, "/state.json")[2])
+        state = json.loads(get(port, "/state.json", token=token)[2])
         stats = state["stats"]
         assert (stats["frames"], stats["analysed"], stats["dropped"]) == (30, 29, 1)
         assert stats["fps_in"] == pytest.approx(30.0, rel=0.05) and stats["latency_ms"]["median"] is not None
         assert state["picture"]["w"] == 640 and state["ended"] is None
 
-        status, headers, jpeg = get(port, "/frame.jpg")
+        status, headers, jpeg = get(port, "/frame.jpg", token=token)
         assert status == 200 and headers["Content-Type"] == "image/jpeg"
         assert headers["X-Frame-Index"] == "29"  # the newest picture (frame 30 was dropped)
         with Image.open(io.BytesIO(jpeg)) as image:
@@ -192,7 +207,7 @@ def test_preview_server_without_models():
         assert np.abs(pixels[y0 + 30 : y1 - 30, x0 + 30 : x1 - 30] - raw[y0 + 30 : y1 - 30, x0 + 30 : x1 - 30]).mean() < 6
 
         # a second page opened later gets the history first
-        late = Events(port)
+        late = Events(port, token)
         history = [r for kind, data in late.until("rows") if kind == "rows" for r in data]
         assert [r["f"] for r in history][:3] == [1, 2, 3]
 
@@ -204,6 +219,51 @@ def test_preview_server_without_models():
         preview.close()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors through /proc")
+def test_half_open_connections_cannot_exhaust_the_preview():
+    """400 connections that never send a request: the server holds at most MAX_CONNECTIONS
+    of them (the rest are closed on arrival), drops those after the request timeout, keeps
+    drawing, and then answers the page again."""
+    from affstream.pictures.preview.server import MAX_CONNECTIONS
+
+    hub = PreviewHub()
+    preview = LivePreview.start(0, source="synthetic source", hub=hub, request_timeout_s=1.0)
+    port, token = preview.address[1], preview.token
+    idle: list[socket.socket] = []
+    try:
+        before = _open_fds()
+        for _ in range(400):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        time.sleep(0.5)
+        held_by_server = _open_fds() - before - len(idle)
+        assert held_by_server <= MAX_CONNECTIONS + 4, held_by_server
+        hub.watch(+1)
+        hub.observe(fake_frame(1))
+        deadline = time.monotonic() + 20
+        status = None
+        while time.monotonic() < deadline:  # the held ones time out after 1 s
+            try:
+                status = get(port, "/state.json", token=token)[0]
+            except (ConnectionError, http.client.HTTPException, TimeoutError):
+                status = None
+            if status == 200:
+                break
+            time.sleep(0.2)
+        assert status == 200
+        while hub.state()["picture"] is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hub.state()["picture"]["f"] == 1  # the drawing thread survived
+        hub.watch(-1)
+    finally:
+        for sock in idle:
+            sock.close()
+        preview.close()
 
 
 def test_preview_scales_big_pictures_down():
@@ -379,7 +439,8 @@ def test_preview_page_of_a_real_stream(tmp_path, wolfgang_mp4):
     lines: list[str] = []
     try:
         url = _read_url(process, lines)
-        assert url == f"http://127.0.0.1:{port}/"
+        assert url.startswith(f"http://127.0.0.1:{port}/?token=")
+        base = url.split("?", 1)[0]
         assert listening_sockets(port) == [("tcp", "0100007F")]  # 127.0.0.1 only
         with Chromium(CHROMIUM, width=1280, height=860) as browser:
             browser.open(url, offline=False)
@@ -395,7 +456,7 @@ def test_preview_page_of_a_real_stream(tmp_path, wolfgang_mp4):
             assert second["records"] > first["records"] and second["valence"] != first["valence"]
             assert second["tiles"] != first["tiles"] or second["caption"] != first["caption"]
             assert browser.errors == []
-            outside = [u for u in browser.requests if not u.startswith((url, "data:", "about:", "blob:"))]
+            outside = [u for u in browser.requests if not u.startswith((base, "data:", "about:", "blob:"))]
             assert outside == [], "the page asked for something other than its server"
             shot = browser.screenshot(tmp_path / "stream_preview.png", full_page=False)
 

@@ -37,6 +37,7 @@ import re
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -45,6 +46,7 @@ import av
 import numpy as np
 
 from ..errors import SourceError, internal_error
+from ..redact import redact
 from .avcompat import open_input
 from .orientation import Orientation
 
@@ -67,7 +69,8 @@ class LiveSpec:
     format:   the FFmpeg input format (``v4l2``, ``avfoundation``, ``dshow``) or None.
     options:  FFmpeg options (strings), e.g. ``{"rtsp_transport": "tcp"}``.
     realtime: a file is paced at its own speed (frames can then be dropped).
-    label:    how messages name the source (what the user typed).
+    label:    how messages name the source (what the user typed, with the credentials of
+              a URL masked: :func:`affstream.redact.redact`); never the target itself.
     """
 
     kind: str
@@ -161,14 +164,15 @@ def parse_source(text: str | os.PathLike, *, realtime: bool = False, size: str |
     if scheme:
         if scheme == "file":
             return LiveSpec(KIND_FILE, text.split("://", 1)[1], None, {}, realtime, text)
+        shown = redact(text)  # what messages, reports and pages say; the URL keeps its credentials
         if scheme not in NETWORK_SCHEMES:
-            raise SourceError(f"{text}: unknown stream protocol {scheme!r}; use rtsp://, rtmp://, udp://, tcp://, "
+            raise SourceError(f"{shown}: unknown stream protocol {scheme!r}; use rtsp://, rtmp://, udp://, tcp://, "
                               "http(s):// or a file path")
         if scheme == "srt" and "srt" not in input_protocols():
-            raise SourceError(f"{text}: this PyAV build has no SRT protocol (PyAV's pip wheels are built without "
+            raise SourceError(f"{shown}: this PyAV build has no SRT protocol (PyAV's pip wheels are built without "
                               "it); relay the stream, e.g. ffmpeg -i 'srt://...' -c copy -f mpegts udp://127.0.0.1:5000, "
                               "and stream udp://127.0.0.1:5000")
-        return LiveSpec(KIND_URL, text, None, url_options(text, read_timeout_s), False, text)
+        return LiveSpec(KIND_URL, text, None, url_options(text, read_timeout_s), False, shown)
     if not Path(text).exists():
         raise SourceError(f"{text}: no such file, camera index or URL; give a camera index (0), a URL or a video file")
     return LiveSpec(KIND_FILE, text, None, {}, realtime, text)
@@ -197,8 +201,9 @@ def _probe_protocols() -> set[str]:
 
 
 def open_error(spec: LiveSpec, error: BaseException) -> SourceError:
-    """One line naming the source and what to check."""
+    """One line naming the source and what to check (credentials masked)."""
     reason = getattr(error, "strerror", None) or (str(error).splitlines()[0] if str(error) else type(error).__name__)
+    reason = redact(reason)
     if "Immediate exit requested" in reason or (reason == "Input/output error" and spec.live):
         reason = "nothing arrived before the open timeout"
     if spec.kind == KIND_CAMERA:
@@ -208,7 +213,7 @@ def open_error(spec: LiveSpec, error: BaseException) -> SourceError:
         hint = "check the URL, that the sender is running and reachable, and the credentials"
     else:
         hint = "check the path and that it is a video file"
-    return SourceError(f"{spec.label or spec.target}: cannot be opened ({reason}); {hint}")
+    return SourceError(f"{spec.label or redact(spec.target)}: cannot be opened ({reason}); {hint}")
 
 
 # ------------------------------------------------------------------------------ frames
@@ -400,9 +405,10 @@ class LiveFeed:
                     return
                 if not self._reconnect(reason):
                     return
-        except Exception as error:  # the consumer must hear of it: an error, never "the end"
-            log.debug("%s: the live reader failed", self.spec.label, exc_info=True)
-            self.error = internal_error(f"{self.spec.label}: the live reader", error)
+        except Exception as error:  # noqa: BLE001 - the consumer must hear of it: an error, never "the end"
+            log.debug("%s: the live reader failed\n%s", self.spec.label,
+                      redact("".join(traceback.format_exception(error))))
+            self.error = redact(internal_error(f"{self.spec.label}: the live reader", error))
         finally:
             self._close_container()
             with self._lock:
@@ -459,7 +465,7 @@ class LiveFeed:
 def _read_error(error: BaseException, read_timeout_s: float) -> str:
     """A read error in words; FFmpeg's interrupt after the read timeout says "Immediate
     exit requested", which means nothing arrived for that long."""
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    text = redact(str(error).splitlines()[0]) if str(error) else type(error).__name__
     if "Immediate exit requested" in text:
         return f"nothing arrived for {read_timeout_s:g} s"
     return text

@@ -2,7 +2,7 @@
 
     preview = LivePreview.start(port=0, source="talk.mp4")   # AffstreamError if the port is taken
     preview.attach(session)            # the session's observer and clock
-    print(preview.url)                 # http://127.0.0.1:PORT/
+    print(preview.url)                 # http://127.0.0.1:PORT/?token=SECRET
     ...                                # iterate the session
     preview.close({"text": "..."})     # the page says the session ended, then the server stops
 
@@ -16,22 +16,31 @@ Routes (GET only):
     /frame.jpg   the newest overlaid picture (JPEG; 404 before the first)
     /state.json  a snapshot for scripts: stats, newest picture, end message or null
 
-The server listens on 127.0.0.1 only and answers only requests whose ``Host`` is that
-address or ``localhost`` with its port (a web page elsewhere cannot read it through DNS
-rebinding). :meth:`LivePreview.close` waits (a few seconds at most) until every open page
+Access: the server listens on 127.0.0.1 only and answers only requests whose ``Host`` is
+that address or ``localhost`` with its port (a web page elsewhere cannot read it through
+DNS rebinding). Every route also needs the session's token, an unguessable string in the
+printed URL (as Jupyter does): another local account can reach the port but not the
+pictures. The page opened with ``?token=...`` gets it as an HttpOnly, SameSite=Strict
+cookie, which its own requests then carry. Without it: 403. A request must arrive within
+:data:`REQUEST_TIMEOUT_S`, and at most :data:`MAX_CONNECTIONS` are served at once (more
+are closed at once), so idle or half-open connections cannot use up the process's file
+descriptors or starve the drawing thread. :meth:`LivePreview.close` waits (a few seconds at most) until every open page
 was told the session ended and its last requests were answered, then stops.
 """
 
 from __future__ import annotations
 
 import errno
+import hmac
 import html
 import json
 import logging
+import secrets
 import sys
 import threading
 import time
 from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
@@ -47,6 +56,8 @@ HOST = "127.0.0.1"
 KEEPALIVE_S = 10.0  # an idle event stream sends a comment this often (finds closed pages)
 CLOSE_WAIT_S = 3.0  # close() waits at most this long for pages to hear of the end
 QUIET_S = 0.5  # ... and until no request was answered for this long
+REQUEST_TIMEOUT_S = 10.0  # a connection that sends no complete request this long is closed
+MAX_CONNECTIONS = 32  # connections served at once; more are closed on arrival
 
 
 def _asset(name: str) -> str:
@@ -101,14 +112,46 @@ class _Server(ThreadingHTTPServer):
     # Linux refuses a port another socket listens on even with SO_REUSEADDR (which then only
     # lets a port in TIME_WAIT be reused); elsewhere SO_REUSEADDR can share a port, so not there
     allow_reuse_address = sys.platform.startswith("linux")
+    request_queue_size = 64  # the listen backlog: a burst of connections waits to be accepted (or refused)
 
-    def __init__(self, port: int, hub: PreviewHub, page: bytes) -> None:
+    def __init__(self, port: int, hub: PreviewHub, page: bytes, token: str,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.hub = hub
+        self.request_timeout_s = request_timeout_s
         self.page = page
+        self.token = token
         self.lock = threading.Lock()
         self.streams = 0  # open event streams
+        self.connections = 0  # connections being served
         self.last_answer = 0.0  # monotonic time the last answer ended
         super().__init__((HOST, port), _Handler)
+
+    @property
+    def cookie_name(self) -> str:  # cookies are per host, not per port: one name per preview
+        return f"affstream_preview_{self.server_address[1]}"
+
+    def process_request(self, request, client_address) -> None:
+        with self.lock:
+            full = self.connections >= MAX_CONNECTIONS
+            if not full:
+                self.connections += 1
+        if full:
+            _LOG.debug("preview: %d connections open; closing one from %s", MAX_CONNECTIONS, client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            with self.lock:
+                self.connections -= 1
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.lock:
+                self.connections -= 1
 
     def handle_error(self, request, client_address) -> None:  # a page that went away mid-answer
         _LOG.debug("preview: request from %s failed", client_address, exc_info=True)
@@ -118,6 +161,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout_s  # the socket's: reading a request, writing an answer
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:
         _LOG.debug("preview: " + format, *args)
 
@@ -125,14 +172,37 @@ class _Handler(BaseHTTPRequestHandler):
         port = self.server.server_address[1]
         return self.headers.get("Host", "") in (f"{HOST}:{port}", f"localhost:{port}")
 
+    def _token_given(self) -> tuple[bool, bool]:
+        """(authorised, by the URL's token): the token in the query or in the cookie."""
+        expected = self.server.token.encode()
+        query = self.path.split("?", 1)[1] if "?" in self.path else ""
+        for part in query.split("&"):
+            key, _, value = part.partition("=")
+            if key == "token" and hmac.compare_digest(value.encode(), expected):
+                return True, True
+        try:
+            cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        except CookieError:
+            return False, False
+        morsel = cookie.get(self.server.cookie_name)
+        return (morsel is not None and hmac.compare_digest(morsel.value.encode(), expected)), False
+
     def do_GET(self) -> None:
         try:
             if not self._host_ok():
                 self._send(HTTPStatus.FORBIDDEN, b"forbidden host\n", "text/plain; charset=utf-8")
                 return
+            authorised, by_url = self._token_given()
+            if not authorised:
+                self._send(HTTPStatus.FORBIDDEN, b"open the preview URL affstream printed: it carries the session's "
+                           b"token\n", "text/plain; charset=utf-8")
+                return
             path = self.path.split("?", 1)[0]
             if path == "/":
-                self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
+                cookie = (f"{self.server.cookie_name}={self.server.token}; Path=/; HttpOnly; SameSite=Strict"
+                          if by_url else None)
+                self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8",
+                           {"Set-Cookie": cookie, "Referrer-Policy": "no-referrer"} if cookie else None)
             elif path == "/frame.jpg":
                 self._picture()
             elif path == "/events":
@@ -222,12 +292,13 @@ class LivePreview:
 
     @classmethod
     def start(cls, port: int = 0, *, source: str = "", warning: str | None = None, hub: PreviewHub | None = None,
-              ) -> LivePreview:
+              request_timeout_s: float = REQUEST_TIMEOUT_S) -> LivePreview:
         """Listen on 127.0.0.1:``port`` (0: a free port) and start serving. AffstreamError
         (one line) when the port is taken or cannot be used."""
         hub = hub or PreviewHub()
         try:
-            server = _Server(int(port), hub, page_html(page_config(source, warning)).encode())
+            server = _Server(int(port), hub, page_html(page_config(source, warning)).encode(),
+                             secrets.token_urlsafe(24), request_timeout_s)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise AffstreamError(f"preview port {port} on {HOST} is already in use; choose another with "
@@ -244,9 +315,15 @@ class LivePreview:
         return str(host), int(port)
 
     @property
+    def token(self) -> str:
+        """The session's access token (part of :attr:`url`)."""
+        return self._server.token
+
+    @property
     def url(self) -> str:
+        """The page's address with the session's token (give it only to whoever may watch)."""
         host, port = self.address
-        return f"http://{host}:{port}/"
+        return f"http://{host}:{port}/?token={self._server.token}"
 
     def set_warning(self, warning: str | None) -> None:
         """Show ``warning`` (one line) as a banner on pages opened from now on (None: none)."""
