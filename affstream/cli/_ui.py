@@ -49,6 +49,16 @@ def info(console, message: str) -> None:
     console.print(message, soft_wrap=True, markup=False, highlight=False)
 
 
+def code_for(exc: BaseException) -> int:
+    """The exit code of a failure, the same in every command: an input that cannot be read
+    or is malformed (SourceError, DataError) is 1; anything about the usage, the
+    configuration, the models or where outputs go (ConfigError, WeightsError,
+    OutputError) is 2."""
+    from ..errors import DataError, SourceError
+
+    return EXIT_INPUT_FAILED if isinstance(exc, (DataError, SourceError)) else EXIT_USAGE
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print one error line and exit with ``code``."""
     error(stderr_console(), message)

@@ -16,9 +16,7 @@ from . import _ui
 
 
 def _fail(exc) -> None:
-    from ..errors import DataError, SourceError
-
-    _ui.fail(str(exc), _ui.EXIT_INPUT_FAILED if isinstance(exc, (DataError, SourceError)) else _ui.EXIT_USAGE)
+    _ui.fail(str(exc), _ui.code_for(exc))
 
 
 def _stream_index(csv_path: Path) -> int:

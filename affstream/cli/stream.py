@@ -171,7 +171,7 @@ def stream_command(source, out_dir, csv_path, jsonl_path, pipeline, backbone, he
                                 detect_every=detect_every, allow_lag=allow_lag)
     except AffstreamError as exc:
         _close_page(page, "the session did not start")
-        _ui.fail(str(exc), _ui.EXIT_INPUT_FAILED)
+        _ui.fail(str(exc), _ui.code_for(exc))
     except OSError as exc:
         _close_page(page, "the session did not start")
         _ui.fail(f"{out_dir or csv_path}: cannot create the output ({exc.strerror or exc})", _ui.EXIT_INPUT_FAILED)

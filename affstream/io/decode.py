@@ -57,7 +57,7 @@ import av
 from ..errors import SourceError
 from ..records import DecodeStats
 from .avcompat import open_input
-from .paths import ffmpeg_path
+from .paths import DIRECTORY_HINT, ffmpeg_path
 
 _LOG = logging.getLogger("affstream")
 
@@ -82,7 +82,7 @@ def open_container(name: str) -> av.container.InputContainer:
     except FileNotFoundError as error:
         raise SourceError(f"{name}: no such file; check the path") from error
     except IsADirectoryError as error:
-        raise SourceError(f"{name}: is a directory; give a video or image file") from error
+        raise SourceError(f"{name}: is a directory; {DIRECTORY_HINT}") from error
     except PermissionError as error:
         raise SourceError(f"{name}: permission denied; make the file readable") from error
     except (av.FFmpegError, OSError, ValueError) as error:

@@ -14,6 +14,9 @@ import stat
 
 from ..errors import SourceError
 
+# the one hint for a folder given where a file was expected (annotate, stream, render...)
+DIRECTORY_HINT = "give a video or image file, or annotate a folder of videos with: affstream corpus FOLDER -o OUT"
+
 
 def display_name(path: str | os.PathLike) -> str:
     """``path`` as the str used in messages (FFmpeg gets :func:`ffmpeg_path` of it)."""
@@ -61,7 +64,7 @@ def describe_unusable_input(path: str | os.PathLike) -> str | None:
     except OSError as error:  # removed or changed since lstat
         return _stat_problem(name, error)
     if stat.S_ISDIR(mode):
-        return f"{name}: is a directory; give a video or image file"
+        return f"{name}: is a directory; {DIRECTORY_HINT}"
     if not stat.S_ISREG(mode):
         return _special_file_problem(name, mode, via)
     if os.path.getsize(name) == 0:
