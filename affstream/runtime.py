@@ -24,6 +24,7 @@ import ctypes.util
 import functools
 import logging
 import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -144,6 +145,45 @@ def install_stop_signals() -> dict[int, Any]:
         if number is not None:
             previous[number] = signal.signal(number, _raise_interrupted)
     return previous
+
+
+class StopSignalsInC:
+    """A block around a blocking C call that a stop signal must still stop.
+
+    FFmpeg's blocking open polls PyAV's interrupt callback, which runs Python's signal
+    handler; the KeyboardInterrupt that handler raises is then replaced by FFmpeg's own
+    error ("Immediate exit requested", or a plain I/O error), so a Ctrl-C while a live
+    source opens looked like "nothing arrived". Inside the block SIGINT, SIGTERM and
+    SIGHUP are recorded (and still ask the C call to stop); at its end the first one that
+    arrived is handed to its own handler again, which raises what it always raises
+    (KeyboardInterrupt, :class:`Interrupted`) instead of the C call's error. Only in the
+    main thread (signals are delivered there); elsewhere the block changes nothing.
+    """
+
+    _NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __enter__(self) -> StopSignalsInC:
+        self.seen: list[int] = []
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for name in self._NAMES:
+            number = getattr(signal, name, None)
+            handler = signal.getsignal(number) if number is not None else None
+            if callable(handler):  # SIG_DFL / SIG_IGN act in C already
+                self.previous[number] = handler
+                signal.signal(number, self._record)
+        return self
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.seen.append(signum)
+        raise KeyboardInterrupt  # makes the C call give up
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        if self.seen:
+            self.previous[self.seen[0]](self.seen[0], None)
 
 
 def restore_signals(previous: dict[int, Any]) -> None:

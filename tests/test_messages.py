@@ -40,3 +40,45 @@ def test_annotate_a_folder_points_to_corpus(tmp_path, data_dir):
     done = _run("annotate", str(data_dir), "-o", "out", "--pipeline", "smoke", tmp_path=tmp_path)
     assert done.returncode == 1
     assert "is a directory" in done.stderr and "affstream corpus FOLDER -o OUT" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.parametrize("signum, code", [(2, 130), (15, 143)])
+def test_a_stop_while_a_live_source_opens_is_an_interrupt(tmp_path, signum, code):
+    """Nothing is sent to the UDP port, so the open waits (up to its 10 s timeout); a
+    Ctrl-C or SIGTERM then is a stop (128 + signal), not "nothing arrived" (exit 1), and
+    leaves no output folder."""
+    import signal
+    import socket
+    import threading
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "affstream", "-v", "stream", f"udp://127.0.0.1:{port}",
+                                "-o", "out", "--pipeline", "smoke", "--device", "cpu", "--quiet"],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    loaded = threading.Event()
+
+    def read() -> None:
+        for line in process.stderr:
+            lines.append(line)
+            if "pipeline smoke" in line:  # the models are loaded: next, the source opens
+                loaded.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert loaded.wait(180), "".join(lines)
+        time.sleep(2.0)  # inside the open (its timeout is 10 s)
+        process.send_signal(signal.Signals(signum))
+        assert process.wait(60) == code, "".join(lines)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    time.sleep(0.2)
+    text = "".join(lines)
+    assert "nothing arrived" not in text and "Traceback" not in text
+    assert not (tmp_path / "out").exists()

@@ -94,3 +94,4 @@ def test_an_unreachable_source_with_credentials_is_one_masked_line(tmp_path):
                            "-o", str(tmp_path / "out"), *SMOKE], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert SECRET not in done.stderr and "viewer:***@" in done.stderr
+    assert not (tmp_path / "out").exists()  # a session that never started leaves no empty folder

@@ -151,8 +151,6 @@ def stream_command(source, out_dir, csv_path, jsonl_path, pipeline, backbone, he
         spec = parse_source(source, realtime=realtime, size=size, fps=fps, pixel_format=pixel_format)
         config = resolve_config(pipeline, backbone=backbone, head=head, device=device)
         check_config(config)
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
         for path in (csv_path, jsonl_path, report_path):
             if path is not None and path.exists() and not overwrite:
                 raise AffstreamError(f"{path}: already exists; pass --overwrite or choose another output")
@@ -169,6 +167,8 @@ def stream_command(source, out_dir, csv_path, jsonl_path, pipeline, backbone, he
             _ui.warning(console, MEANINGLESS_WARNING)
         session = StreamSession(spec, stages, reconnect_s=reconnect_s, duration_s=duration_s, max_frames=max_frames,
                                 detect_every=detect_every, allow_lag=allow_lag)
+        if out_dir is not None:  # only once the source opened: a failed start leaves no empty folder
+            out_dir.mkdir(parents=True, exist_ok=True)
     except AffstreamError as exc:
         _close_page(page, "the session did not start")
         _ui.fail(str(exc), _ui.code_for(exc))

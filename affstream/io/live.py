@@ -47,6 +47,7 @@ import numpy as np
 
 from ..errors import SourceError, internal_error
 from ..redact import redact
+from ..runtime import StopSignalsInC
 from .avcompat import open_input
 from .orientation import Orientation
 
@@ -357,11 +358,12 @@ class LiveFeed:
     def _open(self, open_timeout_s: float | None = None):
         spec = self.spec
         timeouts = (open_timeout_s or self.timeouts[0], self.timeouts[1])
-        try:
-            container = open_input(spec.target, format=spec.format, options=dict(spec.options),
-                                   timeout=timeouts if spec.live else None)
-        except (av.FFmpegError, OSError, ValueError) as error:
-            raise open_error(spec, error) from None
+        with StopSignalsInC():  # Ctrl-C while it opens is a stop, not "nothing arrived"
+            try:
+                container = open_input(spec.target, format=spec.format, options=dict(spec.options),
+                                       timeout=timeouts if spec.live else None)
+            except (av.FFmpegError, OSError, ValueError) as error:
+                raise open_error(spec, error) from None
         if not container.streams.video:
             container.close()
             raise SourceError(f"{spec.label}: has no video stream; give a video source")
