@@ -183,6 +183,16 @@ def test_cli_render_again_over_its_own_output(single_face_mp4, real_csv, tmp_pat
     assert "72 frames, 72 with faces, copied mp3" in result.output
 
 
+@pytest.mark.parametrize("name", ["out.json", "out", "out.csv", "out.MP4.txt"])
+def test_render_to_a_name_that_is_not_a_video_is_one_line(single_face_mp4, real_csv, tmp_path, name):
+    out = tmp_path / name
+    result = run_cli("render", single_face_mp4, "--annotations", real_csv, "-o", out)
+    assert result.exit_code == 2, result.output
+    assert "not a video file name" in result.output and ".mp4" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_annotate_overlay_writes_the_overlay_video(tmp_path):
     clip = make_two_face_clip(tmp_path / "pair.mp4", frames=8)

@@ -69,6 +69,17 @@ def is_own_picture(path: str | Path) -> bool:
     return False
 
 
+def check_video_name(path: str | Path) -> Path:
+    """OutputError (one line) unless ``path`` ends in a video container's suffix (the
+    container is chosen by it); returns ``path`` as a Path."""
+    path = Path(path)
+    if path.suffix.lower() not in _VIDEO_SUFFIXES:
+        known = ", ".join(sorted(_VIDEO_SUFFIXES))
+        raise OutputError(f"{path}: not a video file name (the container is chosen by the suffix); "
+                          f"give a name ending in one of {known}")
+    return path
+
+
 def check_output(path: str | Path, *, inputs: Sequence[str | Path], overwrite: bool = False) -> Path:
     """Fail early (OutputError, one line) if writing the picture ``path`` could destroy
     an input or a file affstream did not write; see the module docstring. Creates nothing.

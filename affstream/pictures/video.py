@@ -33,7 +33,7 @@ from ..errors import OutputError, SourceError
 from ..files import atomic_path, output_error
 from ..io.avcompat import open_input
 from .frames import RawFrame, VideoFrames, paired_frames
-from .outputs import GENERATOR, check_output
+from .outputs import GENERATOR, check_output, check_video_name
 from .overlay import Region, TrailKeeper, draw_overlay
 from .rows import iter_frame_rows
 
@@ -81,7 +81,7 @@ def render_overlay(
     """
     if not 0 <= int(crf) <= 51:
         raise OutputError(f"crf must be 0..51 (got {crf}); 18 is visually lossless, 0 lossless")
-    out = check_output(out, inputs=[video, csv], overwrite=overwrite)
+    out = check_output(check_video_name(out), inputs=[video, csv], overwrite=overwrite)
     started = time.perf_counter()
     result = RenderResult(path=out)
     rows = iter_frame_rows(csv)
