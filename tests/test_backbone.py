@@ -28,13 +28,15 @@ def tiny() -> Backbone:
 def isolated_hf_cache(tmp_path, monkeypatch):
     """An empty Hugging Face cache and affstream cache; huggingface_hub reads its cache
     path at import, so the module constant is patched too."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants, file_download
 
     hub = tmp_path / "hf" / "hub"
     hub.mkdir(parents=True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    if hasattr(file_download, "HF_HUB_CACHE"):  # older huggingface_hub copies it at import (seen with 0.21)
+        monkeypatch.setattr(file_download, "HF_HUB_CACHE", str(hub))
     monkeypatch.setenv("AFFSTREAM_CACHE", str(tmp_path / "affstream"))
     return hub
 
