@@ -82,3 +82,30 @@ def test_a_stop_while_a_live_source_opens_is_an_interrupt(tmp_path, signum, code
     text = "".join(lines)
     assert "nothing arrived" not in text and "Traceback" not in text
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--csv", "t.json"], "--csv and the session report would be the same file"),
+    (["--jsonl", "t.json"], "--jsonl and the session report would be the same file"),
+    (["--csv", "u.log", "--jsonl", "u.log"], "--csv and --jsonl would be the same file"),
+    (["--csv", "u.log", "--jsonl", "./u.log"], "--csv and --jsonl would be the same file"),
+])
+def test_stream_outputs_that_collide_are_refused_before_anything_loads(tmp_path, single_face_mp4, args, words):
+    done = _run("stream", str(single_face_mp4), *args, "--pipeline", "smoke", "--quiet", tmp_path=tmp_path)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0], done.stderr
+    assert "SMOKE" not in done.stderr  # refused before the models load
+    assert list(tmp_path.iterdir()) == []  # no header left behind
+
+
+def test_stream_never_writes_over_its_source(tmp_path, single_face_mp4):
+    source = tmp_path / "take.csv"  # a video named like a log
+    source.write_bytes(single_face_mp4.read_bytes())
+    before = source.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        done = _run("stream", str(source), "--csv", str(source), *extra, "--pipeline", "smoke", "--quiet",
+                    tmp_path=tmp_path)
+        assert done.returncode == 2, done.stderr  # an output that cannot be: usage, as in annotate
+        assert "is the source" in done.stderr
+    assert source.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["take.csv"]

@@ -83,6 +83,33 @@ def _set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def check_session_outputs(spec, outputs: dict[str, Path | None], overwrite: bool) -> None:
+    """Before anything loads: the session's outputs (the logs and the report, keyed by how
+    the user names them) are distinct files, none is the source itself (``--overwrite``
+    included), and none exists unless ``--overwrite``. AffstreamError (one line) if not."""
+    import os
+
+    from ..errors import ConfigError, OutputError
+
+    def same(a: Path, b: Path) -> bool:
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            return os.path.abspath(a) == os.path.abspath(b)
+
+    named = [(label, path) for label, path in outputs.items() if path is not None]
+    for i, (label, path) in enumerate(named):
+        for other_label, other in named[:i]:
+            if same(path, other):
+                why = " (the report takes the first log's name with .json)" if label == "the session report" else ""
+                raise ConfigError(f"{path}: {other_label} and {label} would be the same file{why}; give each "
+                                  "output its own name")
+        if spec.kind == "file" and os.path.lexists(path) and same(path, Path(spec.target)):
+            raise OutputError(f"{path}: is the source {spec.label} itself; choose another output name")
+        if os.path.lexists(path) and not overwrite:
+            raise OutputError(f"{path}: already exists; pass --overwrite or choose another output")
+
+
 def _close_page(page, text: str) -> None:
     """Tell the preview page (if any) that the session ended, with ``text``, and stop serving it."""
     if page is not None:
@@ -151,9 +178,8 @@ def stream_command(source, out_dir, csv_path, jsonl_path, pipeline, backbone, he
         spec = parse_source(source, realtime=realtime, size=size, fps=fps, pixel_format=pixel_format)
         config = resolve_config(pipeline, backbone=backbone, head=head, device=device)
         check_config(config)
-        for path in (csv_path, jsonl_path, report_path):
-            if path is not None and path.exists() and not overwrite:
-                raise AffstreamError(f"{path}: already exists; pass --overwrite or choose another output")
+        check_session_outputs(spec, {"--csv": csv_path, "--jsonl": jsonl_path, "the session report": report_path},
+                              overwrite)
         if preview or preview_port is not None:  # listen before the models load: a taken port fails at once
             from ..pictures.preview import LivePreview
 
