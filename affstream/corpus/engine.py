@@ -43,7 +43,14 @@ from .inputs import (
     classify,
     list_inputs,
 )
-from .state import config_fingerprint, finished_report, input_fingerprint, manifest_row, write_manifest
+from .state import (
+    check_run_outputs,
+    config_fingerprint,
+    finished_report,
+    input_fingerprint,
+    manifest_row,
+    write_manifest,
+)
 
 log = logging.getLogger("affstream")
 
@@ -174,6 +181,7 @@ def run_corpus(source: str | Path, out_dir: str | Path, config: PipelineConfig, 
         classify(items, prober.probe)
     videos = [item for item in items if item.status is None]
     check_collisions(videos, out_dir)
+    check_run_outputs(Path(source), videos, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = CorpusRun(out_dir, items, on_event)
     for item in items:

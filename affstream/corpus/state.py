@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, OutputError
 from ..files import atomic_write_text, sha256_bytes
 from ..version import __version__
 from .inputs import STATUS_DONE, STATUS_SKIPPED, CorpusItem
@@ -90,6 +91,45 @@ def manifest_row(item: CorpusItem, out_dir: Path, report: dict[str, Any] | None,
         row["csv"] = csv_path.relative_to(out_dir).as_posix()
         row["json"] = json_path.relative_to(out_dir).as_posix()
     return row
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
+
+def check_run_outputs(source: Path, videos: list[CorpusItem], out_dir: Path) -> None:
+    """Before anything is written: the manifest ``OUT/manifest.csv`` is neither the list of
+    inputs nor a file affstream did not write, and no video's outputs are the manifest or
+    the list of inputs. ConfigError / OutputError (one line) otherwise."""
+    manifest = out_dir / MANIFEST_NAME
+    source = Path(source)
+    if source.is_file() and os.path.lexists(manifest) and _same_file(source, manifest):
+        raise ConfigError(f"{manifest}: is the list of inputs, and affstream writes its manifest under that name; "
+                          "give another output folder (-o)")
+    if os.path.lexists(manifest) and not _is_own_manifest(manifest):
+        raise OutputError(f"{manifest}: exists and is not a manifest affstream wrote; move it away or give "
+                          "another output folder (-o)")
+    for item in videos:
+        for output in item.outputs(out_dir):
+            if _same_file(output, manifest):
+                raise ConfigError(f"{item.path}: its output {output} would be the corpus manifest; rename the "
+                                  "video or move it into a sub-folder")
+            if source.is_file() and _same_file(output, source):
+                raise ConfigError(f"{item.path}: its output {output} would be the list of inputs {source}; "
+                                  "give another output folder (-o)")
+
+
+def _is_own_manifest(path: Path) -> bool:
+    """A regular file whose first line is affstream's manifest header."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            header = handle.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return os.path.isfile(path) and header == ",".join(MANIFEST_COLUMNS)
 
 
 def write_manifest(out_dir: Path, rows: list[dict]) -> Path:
