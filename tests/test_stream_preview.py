@@ -480,3 +480,18 @@ def test_preview_page_of_a_real_stream(tmp_path, wolfgang_mp4):
     rows = (out / "WolfgangLanger_Pexels.csv").read_text().splitlines()
     assert len(rows) - 1 == report["counts"]["rows"]
     assert listening_sockets(port) == []
+
+
+@pytest.mark.parametrize("source", ["</script><script>alert(1)</script>", "cam <!-- <script> x", "caf\u00e9 \u2028 <\\/"])
+def test_embedded_json_cannot_leave_its_script_element(source):
+    """A hostile source name ends inside the page's JSON: neither ``</`` nor ``<!--``
+    appears raw there (the one rule of pictures.pages.script_json, used by every page)."""
+    import re
+
+    from affstream.pictures.preview.server import page_config, page_html
+
+    page = page_html(page_config(source, "a <!-- warning </script>"))
+    block = re.search(r'<script id="affstream-live" type="application/json">(.*?)</script>', page, re.S).group(1)
+    assert "</" not in block and "<!--" not in block
+    config = json.loads(block)
+    assert config["source"] == source and config["warning"] == "a <!-- warning </script>"

@@ -21,7 +21,6 @@ import json
 import math
 from dataclasses import dataclass
 from html import escape
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from ..files import atomic_write_text
 from ..labels import AU_LABELS, EXPR_LABELS
 from .keyframes import KeyFrame, key_moments, try_key_frames
 from .outputs import GENERATOR, TEXT_MARK, check_output
+from .pages import asset, script_json
 from .palette import _CIVIDIS, AROUSAL_COLOUR, EXPR_COLOURS, VALENCE_COLOUR, track_colour
 from .report_svg import au_rates_svg, expression_share_svg, va_summary_svg
 from .summary import CsvSummary, FaceSummary, summarise_csv
@@ -112,11 +112,6 @@ def write_report(
 # ---------------------------------------------------------------------------- the page
 
 
-def asset(name: str) -> str:
-    """The text of a shipped asset (``report.css``, ``report.js``)."""
-    return resources.files(__package__).joinpath("assets").joinpath(name).read_text(encoding="utf-8")
-
-
 def page(title: str, body: str) -> str:
     """A complete HTML document with the inline stylesheet and :data:`~.outputs.TEXT_MARK`."""
     return (
@@ -158,15 +153,10 @@ def report_html(
         "This page is self-contained: it needs no network.</footer>"
     )
     parts.append(
-        f'<script type="application/json" id="affstream-data">{_json_for_script(_timeline_data(summary))}'
+        f'<script type="application/json" id="affstream-data">{script_json(_timeline_data(summary))}'
         f"</script>\n<script>\n{asset('report.js')}</script>"
     )
     return page(f"{title}: affstream report", "\n".join(parts))
-
-
-def _json_for_script(value: Any) -> str:
-    text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
 
 
 def _dl(items: list[tuple[str, Any]]) -> str:

@@ -42,11 +42,11 @@ import time
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from typing import Any
 
 from ...errors import AffstreamError
 from ...labels import AU_LABELS, EXPR_LABELS
+from ..pages import asset, script_json
 from ..palette import AROUSAL_COLOUR, EXPR_COLOURS, TRACK_COLOURS, VALENCE_COLOUR
 from .hub import MAX_FPS, WINDOW_S, PreviewHub
 
@@ -60,20 +60,16 @@ REQUEST_TIMEOUT_S = 10.0  # a connection that sends no complete request this lon
 MAX_CONNECTIONS = 32  # connections served at once; more are closed on arrival
 
 
-def _asset(name: str) -> str:
-    return resources.files("affstream.pictures").joinpath("assets").joinpath(name).read_text(encoding="utf-8")
-
-
 def page_html(config: dict[str, Any]) -> str:
     """The page: ``config`` (labels, colours, source, warning) as inline JSON for the script."""
-    data = json.dumps(config).replace("</", "<\\/")
+    data = script_json(config)
     title = html.escape(f"affstream live · {config.get('source', '')}")
     warning = config.get("warning")
     banner = f'<div class="banner" role="alert">{html.escape(warning)}</div>\n' if warning else ""
     return (
         '<!DOCTYPE html>\n<html lang="en" data-state="connecting">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n<link rel="icon" href="data:,">\n'
-        f"<title>{title}</title>\n<style>\n{_asset('report.css')}{_asset('preview.css')}</style>\n</head>\n"
+        f"<title>{title}</title>\n<style>\n{asset('report.css')}{asset('preview.css')}</style>\n</head>\n"
         '<body>\n<main class="live">\n<header class="live-head">\n'
         f'<h1>affstream live <span class="source">{html.escape(str(config.get("source", "")))}</span></h1>\n'
         '<span id="status" class="status" role="status">connecting</span>\n</header>\n'
@@ -89,7 +85,7 @@ def page_html(config: dict[str, Any]) -> str:
         f"Charts show the last {WINDOW_S:.0f} s; the picture is refreshed at most {MAX_FPS:.0f} times a second."
         "</footer>\n</main>\n"
         f'<script id="affstream-live" type="application/json">{data}</script>\n'
-        f"<script>\n{_asset('preview.js')}</script>\n</body>\n</html>\n"
+        f"<script>\n{asset('preview.js')}</script>\n</body>\n</html>\n"
     )
 
 
