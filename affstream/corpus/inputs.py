@@ -37,6 +37,7 @@ from pathlib import Path
 
 from ..errors import CRASH_REPORT_HINT, ConfigError
 from ..io.sources import describe_unusable_input
+from ..writers.csv import read_text_cell
 
 log = logging.getLogger("affstream")
 
@@ -86,7 +87,7 @@ def _read_list(path: Path) -> list[Path]:
     if "path" in names and (len(names) > 1 or path.suffix.lower() == ".csv"):
         column = names.index("path")
         rows = csv.reader(lines[1:])
-        entries = [row[column].strip() for row in rows if len(row) > column and row[column].strip()]
+        entries = [read_text_cell(row[column].strip()) for row in rows if len(row) > column and row[column].strip()]
     else:
         entries = [line.strip() for line in lines if not line.lstrip().startswith("#")]
     return [Path(e) if Path(e).is_absolute() else path.parent / e for e in entries]
@@ -101,17 +102,59 @@ def _common_root(paths: list[Path]) -> Path:
         return Path("/")
 
 
+def _walk(root: Path, out_abs: Path) -> tuple[list[Path], list[CorpusItem]]:
+    """Every file under ``root`` (the output folder left out), and a failed item for each
+    folder that could not be listed or that a symbolic link leads back into (a loop).
+
+    Symbolic links to folders are followed, so a tree assembled from links is annotated
+    whole; a link to a folder already on the way down (or already listed) is a loop and
+    is refused, with its own row, never silently skipped."""
+    files: list[Path] = []
+    problems: list[CorpusItem] = []
+    seen: set[tuple[int, int]] = set()
+
+    def failed(folder: Path, reason: str) -> None:
+        problems.append(CorpusItem(folder, folder.relative_to(root), 0, STATUS_FAILED, f"{folder}: {reason}"))
+        log.warning("corpus: %s: %s", folder, reason)
+
+    def visit(folder: Path) -> None:
+        try:
+            info = os.stat(folder)
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            failed(folder, f"folder cannot be listed ({exc.strerror or exc}); its files are not annotated")
+            return
+        key = (info.st_dev, info.st_ino)
+        if key in seen:
+            failed(folder, f"symbolic link back to a folder already listed ({os.path.realpath(folder)}); "
+                           "a loop: its files are annotated once, from their other path")
+            return
+        seen.add(key)
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if Path(os.path.abspath(path)) != out_abs:
+                    visit(path)
+            else:
+                files.append(path)
+
+    visit(root)
+    return files, problems
+
+
 def list_inputs(source: str | Path, out_dir: str | Path, pattern: str | None = None) -> tuple[Path, list[CorpusItem]]:
     """The root and the candidate files of ``source`` (a folder or a list), sorted by
     relative path. The output folder is never searched (its CSVs are not inputs)."""
     source = Path(source)
     out_abs = Path(os.path.abspath(out_dir))
+    problems: list[CorpusItem] = []
     if source.is_dir():
         root = source
-        files: list[Path] = []
-        for folder, dirs, names in os.walk(source, followlinks=False):
-            dirs[:] = sorted(d for d in dirs if Path(os.path.abspath(Path(folder) / d)) != out_abs)
-            files.extend(Path(folder) / name for name in names)
+        files, problems = _walk(source, out_abs)
         rels = [f.relative_to(root) for f in files]
     elif source.is_file():
         files = _read_list(source)
@@ -128,6 +171,7 @@ def list_inputs(source: str | Path, out_dir: str | Path, pattern: str | None = N
         except OSError:
             size = 0
         items.append(CorpusItem(path, rel, size))
+    items.extend(problems)  # folders that could not be listed: rows of their own, never left out silently
     items.sort(key=lambda item: item.rel.as_posix())
     return root, items
 

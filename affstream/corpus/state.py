@@ -20,12 +20,14 @@ from typing import Any
 from ..errors import ConfigError, OutputError
 from ..files import atomic_write_text, sha256_bytes
 from ..version import __version__
+from ..writers.csv import text_cell
 from .inputs import STATUS_DONE, STATUS_SKIPPED, CorpusItem
 
 EDGE_BYTES = 1 << 20  # bytes hashed at each end of an input
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "size", "status", "error", "frames", "faces", "tracks", "seconds", "csv", "json")
+MANIFEST_TEXT_COLUMNS = ("path", "error", "csv", "json")  # names and messages: written with writers.csv.text_cell
 
 
 def input_fingerprint(path: str | Path) -> dict[str, Any]:
@@ -133,11 +135,13 @@ def _is_own_manifest(path: Path) -> bool:
 
 
 def write_manifest(out_dir: Path, rows: list[dict]) -> Path:
-    """Publish ``OUT/manifest.csv`` atomically (rows in the order given)."""
+    """Publish ``OUT/manifest.csv`` atomically (rows in the order given; text cells that a
+    spreadsheet would evaluate are written with a leading "'", see ``writers.csv.text_cell``)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: text_cell(value) if key in MANIFEST_TEXT_COLUMNS and isinstance(value, str) else value
+                      for key, value in row.items()} for row in rows)
     path = out_dir / MANIFEST_NAME
     atomic_write_text(path, buffer.getvalue())
     return path

@@ -25,6 +25,7 @@ from ..errors import AffstreamError, DataError
 from ..files import atomic_write_text
 from ..labels import EXPR_LABELS
 from ..writers.columns import CSV_COLUMNS
+from ..writers.csv import read_text_cell
 from .outputs import check_output
 from .report import ReportResult, clock, page, read_run_report, report_path, write_report
 
@@ -107,17 +108,47 @@ def _manifest_entries(folder: Path, manifest: Path) -> list[IndexEntry]:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise AffstreamError(f"{manifest}: cannot be read ({exc}); run affstream corpus again") from None
     for row in rows:
-        name = row.get("path") or "?"
-        table = row.get("csv") or ""
-        video = Path(name) if name and Path(name).is_file() else None
+        name = read_text_cell(row.get("path") or "") or "?"
+        table = read_text_cell(row.get("csv") or "")
         status = row.get("status") or ""
-        if table:
-            entries.append(
-                IndexEntry(name=name, csv=folder / table, video=video, status="done" if status in ("done", "skipped") else status)
-            )
-        else:
-            entries.append(IndexEntry(name=name, csv=None, status=status or "failed", error=row.get("error") or ""))
+        if not table:
+            entries.append(IndexEntry(name=name, csv=None, status=status or "failed",
+                                      error=read_text_cell(row.get("error") or "")))
+            continue
+        csv_path = _inside(folder, table)
+        if csv_path is None:  # a manifest is read back, so it is untrusted: pages stay inside FOLDER
+            entries.append(IndexEntry(name=name, csv=None, status="failed",
+                                      error=f"{manifest}: its row for {name} names the CSV {table!r} outside {folder}; "
+                                            "run affstream corpus again"))
+            continue
+        entries.append(IndexEntry(name=name, csv=csv_path, video=_video_named(name, csv_path),
+                                  status="done" if status in ("done", "skipped") else status))
     return sorted(entries, key=lambda e: e.name)
+
+
+def _inside(folder: Path, relative: str) -> Path | None:
+    """``folder / relative`` if that stays inside ``folder`` (no absolute path, no ``..``
+    or link out of it), else None."""
+    if not relative or Path(relative).is_absolute():
+        return None
+    path = folder / relative
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+    except ValueError:
+        return None
+    return path
+
+
+def _video_named(name: str, csv_path: Path) -> Path | None:
+    """The manifest's video, only if it is the file the CSV's run report says was annotated
+    (the manifest alone cannot make a page open an arbitrary file)."""
+    source = ((read_run_report(csv_path) or {}).get("source") or {}).get("path")
+    if not name or not isinstance(source, str) or not Path(name).is_file():
+        return None
+    try:
+        return Path(name) if os.path.samefile(name, source) else None
+    except OSError:
+        return None
 
 
 def write_reports(

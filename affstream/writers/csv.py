@@ -23,6 +23,22 @@ from .columns import CSV_COLUMNS, annotation_from_row, format_row, parse_cell
 
 _NAMED = 3  # foreign / missing columns named in an error message, at most
 
+# OWASP's rule for CSV files opened in a spreadsheet: a cell starting with one of these is
+# taken as a formula, so a text cell (a file name, an error message) gets a leading "'"
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def text_cell(text: str) -> str:
+    """A text cell of a CSV that holds names (manifests): a spreadsheet shows it as text,
+    never evaluates it (``=HYPERLINK(...)`` -> ``'=HYPERLINK(...)``). :func:`read_text_cell`
+    undoes it."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def read_text_cell(cell: str) -> str:
+    """The text :func:`text_cell` was given."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_FORMULA_STARTS) else cell
+
 
 class CsvWriter(TableWriter):
     """Write FrameAnnotations to ``path`` as CSV.
