@@ -109,3 +109,17 @@ def test_stream_never_writes_over_its_source(tmp_path, single_face_mp4):
         assert done.returncode == 2, done.stderr  # an output that cannot be: usage, as in annotate
         assert "is the source" in done.stderr
     assert source.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["take.csv"]
+
+
+def test_corpus_names_a_file_that_is_not_a_video_once(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "notes.txt").write_text("hello\n")
+    (root / "fake.mp4").write_text("not a video\n")
+    done = _run("corpus", str(root), "-o", "out", "--pipeline", "smoke", "--workers", "1", tmp_path=tmp_path)
+    lines = [line for line in done.stderr.splitlines() if "not a video:" in line]
+    assert len(lines) == 2, done.stderr
+    for line in lines:
+        name = line.split("not a video: ", 1)[1].split(" ", 1)[0]
+        assert line.count(name) == 1, line  # the path once, not again inside the reason
+    assert "error:" not in done.stderr

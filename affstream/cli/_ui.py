@@ -183,7 +183,7 @@ class CorpusProgress:
         if item.status in ("done", "failed", "skipped"):
             self.bytes_done += item.size
         self.failed += item.status == "failed"
-        detail = item.error or ""
+        detail = _without_name(item.error or "", item.path)
         info(self.console, f"[{self.count}] {item.status}: {item.rel}" + (f" ({detail})" if detail else ""))
 
     def _draw(self) -> None:
@@ -211,3 +211,9 @@ class CorpusProgress:
         for worker, task in self.bars.items():
             if worker not in self.running:
                 self.progress.update(task, visible=False)
+
+
+def _without_name(message: str, path) -> str:
+    """``message`` without the leading ``PATH: `` the line already names."""
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
