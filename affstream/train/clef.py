@@ -131,6 +131,28 @@ def clef_loss(l_in: torch.Tensor, l_dn: torch.Tensor, lam: float = LAMBDA) -> to
 # --------------------------------------------------------------------------- text model
 
 
+def text_pool(x: torch.Tensor, tokens: torch.Tensor, pool_type: str, eos_id: int | None = None) -> torch.Tensor:
+    """(P, L, width) hidden states -> (P, width): the pooling CLIP's ``encode_text`` does.
+
+    Written here rather than calling ``open_clip.transformer.text_global_pool``, whose
+    signature and result changed three times across the supported releases (a tuple up
+    to 2.31, a tensor from 2.32, an ``eos_token_id`` argument from 3.x). ``pool_type``:
+    ``argmax`` (the end-of-text token, the highest id: OpenAI CLIP), ``eos`` (the first
+    ``eos_id``), ``first``, ``last``, anything else: no pooling."""
+    rows = torch.arange(x.shape[0], device=x.device)
+    if pool_type == "argmax":
+        return x[rows, tokens.argmax(dim=-1)]
+    if pool_type == "eos":
+        if eos_id is None:
+            raise ValueError("text pooling 'eos' needs the tokenizer's end-of-text id")
+        return x[rows, (tokens == eos_id).int().argmax(dim=-1)]
+    if pool_type == "first":
+        return x[:, 0]
+    if pool_type == "last":
+        return x[:, -1]
+    return x
+
+
 @dataclass(frozen=True)
 class PromptGroup:
     """Prompts of several classes, flattened: ``tokens`` (P, L) int64, ``owner`` (P,)
@@ -231,12 +253,10 @@ class ClefModel(nn.Module):
     def _pool(self, tokens: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
         """(P, L) tokens -> (P, width) pooled transformer output, before the projection;
         ``prefix``: the cached output of :meth:`_prefix` for these tokens."""
-        from open_clip.transformer import text_global_pool
-
         clip = self.clip
         x = self._prefix(tokens) if prefix is None else prefix
         x = clip.ln_final(self._blocks(x, self._resblocks[self._first_trained :]))
-        return text_global_pool(x, tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
+        return text_pool(x, tokens, clip.text_pool_type, getattr(clip, "text_eos_id", None))
 
     def _project(self, pooled: torch.Tensor) -> torch.Tensor:
         proj = self.clip.text_projection
