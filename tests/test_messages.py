@@ -123,3 +123,15 @@ def test_corpus_names_a_file_that_is_not_a_video_once(tmp_path):
         name = line.split("not a video: ", 1)[1].split(" ", 1)[0]
         assert line.count(name) == 1, line  # the path once, not again inside the reason
     assert "error:" not in done.stderr
+
+
+@pytest.mark.torch
+def test_output_that_is_not_a_terminal_is_whole_lines(tmp_path, single_face_jpg):
+    """A log file or a pipe gets whole lines: a long name is never folded at 80 columns."""
+    long_name = tmp_path / ("d" * 70) / ("clip_" + "x" * 90 + ".mp4")
+    done = _run("annotate", str(single_face_jpg), str(long_name), "-o", "out", "--pipeline", "smoke",
+                "--device", "cpu", tmp_path=tmp_path)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if "x" * 90 in line]
+    assert lines and all(str(long_name) in line for line in lines), done.stderr
+    assert any(line.startswith(str(single_face_jpg)) and "done" in line for line in done.stderr.splitlines())

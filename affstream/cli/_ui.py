@@ -104,7 +104,13 @@ def frame_progress(console):
 
 
 def summary_table(console, rows: list[tuple[str, str, str]]) -> None:
-    """A table of (input, status, detail) rows, printed after a many-input run."""
+    """A table of (input, status, detail) rows, printed after a many-input run. When the
+    output is not a terminal (a log file, a pipe), one whole line per row instead: a table
+    would be folded at the console's 80 columns, cutting names and messages apart."""
+    if not console.is_terminal:
+        for name, status, detail in rows:
+            info(console, f"{name}\t{status}\t{detail}")
+        return
     from rich.table import Table
     from rich.text import Text
 
