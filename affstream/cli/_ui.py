@@ -108,7 +108,7 @@ def summary_table(console, rows: list[tuple[str, str, str]]) -> None:
     output is not a terminal (a log file, a pipe), one whole line per row instead: a table
     would be folded at the console's 80 columns, cutting names and messages apart."""
     if not console.is_terminal:
-        for name, status, detail in rows:
+        for name, status, detail in [("input", "status", "detail"), *rows]:
             info(console, f"{name}\t{status}\t{detail}")
         return
     from rich.table import Table
