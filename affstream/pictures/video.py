@@ -81,7 +81,7 @@ def render_overlay(
     """
     if not 0 <= int(crf) <= 51:
         raise OutputError(f"crf must be 0..51 (got {crf}); 18 is visually lossless, 0 lossless")
-    out = check_output(check_video_name(out), inputs=[video, csv], overwrite=overwrite)
+    out = check_video_name(check_output(out, inputs=[video, csv], overwrite=overwrite))
     started = time.perf_counter()
     result = RenderResult(path=out)
     rows = iter_frame_rows(csv)
