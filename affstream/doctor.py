@@ -102,13 +102,21 @@ def _packages(report: Diagnosis) -> None:
         report.add("extras", name, version_of(name) or f"not installed (pip install 'affstream[{extra}]')")
 
 
-def _torch(report: Diagnosis) -> None:
-    if not installed("torch"):
-        report.add("torch", "status", "not installed: annotate/stream/train need it (pip install torch)")
+def _probes(report: Diagnosis, section: str, module: str, missing: str, probes) -> None:
+    """One section: ``missing`` when ``module`` is not installed, else each guarded probe."""
+    if not installed(module):
+        report.add(section, "status", missing)
         return
-    _guarded(report, "torch", "build", _torch_build)
-    _guarded(report, "torch", "cuda devices", _cuda_devices)
-    _guarded(report, "torch", "threads", lambda: importlib.import_module("torch").get_num_threads())
+    for label, probe in probes:
+        _guarded(report, section, label, probe)
+
+
+def _torch(report: Diagnosis) -> None:
+    _probes(report, "torch", "torch", "not installed: annotate/stream/train need it (pip install torch)", [
+        ("build", _torch_build),
+        ("cuda devices", _cuda_devices),
+        ("threads", lambda: importlib.import_module("torch").get_num_threads()),
+    ])
 
 
 def _torch_build() -> str:
@@ -135,12 +143,11 @@ def _cuda_devices() -> str:
 
 
 def _pyav(report: Diagnosis) -> None:
-    if not installed("av"):
-        report.add("pyav", "status", "not installed (pip install av)")
-        return
-    _guarded(report, "pyav", "ffmpeg", _ffmpeg_libraries)
-    _guarded(report, "pyav", "hw devices", _hw_devices)
-    _guarded(report, "pyav", "hw decoders", _hw_decoders)
+    _probes(report, "pyav", "av", "not installed (pip install av)", [
+        ("ffmpeg", _ffmpeg_libraries),
+        ("hw devices", _hw_devices),
+        ("hw decoders", _hw_decoders),
+    ])
 
 
 def _ffmpeg_libraries() -> str:

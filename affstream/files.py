@@ -128,6 +128,15 @@ def usable_cache_dir() -> Path | None:
 # ----------------------------------------------------------------------------- checksums
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` are one file: :func:`os.path.samefile` where both exist
+    (hard links, symbolic links, case-insensitive names), else the same absolute path."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
+
 def sha256_bytes(data: bytes) -> str:
     """sha256 hex digest of ``data`` (e.g. a file already read, a serialised cache key)."""
     return hashlib.sha256(data).hexdigest()

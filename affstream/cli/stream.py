@@ -90,12 +90,7 @@ def check_session_outputs(spec, outputs: dict[str, Path | None], overwrite: bool
     import os
 
     from ..errors import ConfigError, OutputError
-
-    def same(a: Path, b: Path) -> bool:
-        try:
-            return os.path.samefile(a, b)
-        except OSError:
-            return os.path.abspath(a) == os.path.abspath(b)
+    from ..files import same_file as same
 
     named = [(label, path) for label, path in outputs.items() if path is not None]
     for i, (label, path) in enumerate(named):

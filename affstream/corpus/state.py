@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, OutputError
-from ..files import atomic_write_text, sha256_bytes
+from ..files import atomic_write_text, same_file, sha256_bytes
 from ..version import __version__
 from ..writers.csv import text_cell
 from .inputs import STATUS_DONE, STATUS_SKIPPED, CorpusItem
@@ -95,20 +95,13 @@ def manifest_row(item: CorpusItem, out_dir: Path, report: dict[str, Any] | None,
     return row
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
-
-
 def check_run_outputs(source: Path, videos: list[CorpusItem], out_dir: Path) -> None:
     """Before anything is written: the manifest ``OUT/manifest.csv`` is neither the list of
     inputs nor a file affstream did not write, and no video's outputs are the manifest or
     the list of inputs. ConfigError / OutputError (one line) otherwise."""
     manifest = out_dir / MANIFEST_NAME
     source = Path(source)
-    if source.is_file() and os.path.lexists(manifest) and _same_file(source, manifest):
+    if source.is_file() and os.path.lexists(manifest) and same_file(source, manifest):
         raise ConfigError(f"{manifest}: is the list of inputs, and affstream writes its manifest under that name; "
                           "give another output folder (-o)")
     if os.path.lexists(manifest) and not _is_own_manifest(manifest):
@@ -116,10 +109,10 @@ def check_run_outputs(source: Path, videos: list[CorpusItem], out_dir: Path) -> 
                           "another output folder (-o)")
     for item in videos:
         for output in item.outputs(out_dir):
-            if _same_file(output, manifest):
+            if same_file(output, manifest):
                 raise ConfigError(f"{item.path}: its output {output} would be the corpus manifest; rename the "
                                   "video or move it into a sub-folder")
-            if source.is_file() and _same_file(output, source):
+            if source.is_file() and same_file(output, source):
                 raise ConfigError(f"{item.path}: its output {output} would be the list of inputs {source}; "
                                   "give another output folder (-o)")
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import OutputError
-from ..files import check_output_file
+from ..files import check_output_file, same_file
 from ..version import __version__
 
 GENERATOR = f"affstream {__version__}"
@@ -37,13 +37,6 @@ _OVERWRITE_HINT = "use --overwrite to replace it, or choose another output name"
 def overlay_path(out_dir: str | Path, source: str | Path) -> Path:
     """``OUT/<stem>.overlay.mp4``: where ``annotate --overlay`` renders ``source``."""
     return Path(out_dir) / f"{Path(source).stem}.overlay.mp4"
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def is_own_picture(path: str | Path) -> bool:
@@ -86,7 +79,7 @@ def check_output(path: str | Path, *, inputs: Sequence[str | Path], overwrite: b
     Returns ``path`` as a Path."""
     path = Path(path)
     for source in inputs:
-        if source is not None and os.path.lexists(path) and _same_file(path, Path(source)):
+        if source is not None and os.path.lexists(path) and same_file(path, Path(source)):
             raise OutputError(f"{path}: is the input {source} itself; choose another output name")
     try:
         info = os.stat(path)
